@@ -1,0 +1,519 @@
+import { hostname, availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { DescribeKeyCommand, type KMSClient } from '@aws-sdk/client-kms';
+import pg from 'pg';
+import { Piscina } from 'piscina';
+import { classifyKmsError, createKmsClient } from '../kms/client.js';
+import { defaultVaultTable, quoteVaultTable, type VaultTable } from '../db/table.js';
+import type { Logger } from '../log.js';
+import { QuotaLimiter } from './limiter.js';
+import { CheckpointTracker } from './progress.js';
+import type { KmsMode, RewrapTask, RewrapTaskResult, WorkerConfig } from './protocol.js';
+import { Semaphore } from './semaphore.js';
+import { readScope, type SourceRow } from './source.js';
+import { FlushQueue } from './flush-queue.js';
+import { Writer } from './writer.js';
+import { acquireScopeLock, ScopeBusyError, type ScopeLock } from './scope-lock.js';
+
+/** AWS KMS rejects ciphertext blobs larger than this many bytes. */
+export const maxBlobBytes = 6144;
+
+export interface RotateOptions {
+  databaseUrl: string;
+  table?: VaultTable | undefined;
+  /** Matter ids to rotate; null rotates every matter of the table. */
+  matters: string[] | null;
+  /** Target key: key id, ARN, alias name or alias ARN. */
+  target: string;
+  kmsEndpoint?: string | undefined;
+  kmsRegion?: string | undefined;
+  kmsRequestTimeoutMs?: number | undefined;
+  mode?: KmsMode | undefined;
+  /** KMS requests per second the job may send. Infinity disables the limiter. */
+  quota: number;
+  workers?: number | undefined;
+  /** Rows per worker task, before the limiter caps it. */
+  batchSize?: number | undefined;
+  /** KMS requests the job keeps in flight; size it to quota × round-trip time. */
+  maxInFlight?: number | undefined;
+  pageSize?: number | undefined;
+  flushRows?: number | undefined;
+  flushIntervalMs?: number | undefined;
+  /** Sweeps over the scope after the first pass, to pick up rows that changed underneath. */
+  maxPasses?: number | undefined;
+  /** Retries per row for throttling and transient errors before the job stops as interrupted. */
+  maxRowAttempts?: number | undefined;
+  progressIntervalMs?: number | undefined;
+  logger: Logger;
+  signal?: AbortSignal | undefined;
+}
+
+export type JobStatus = 'done' | 'partial' | 'failed' | 'interrupted';
+
+export interface RotateSummary {
+  jobId: string;
+  status: JobStatus;
+  target: string;
+  scanned: number;
+  rewrapped: number;
+  conflicts: number;
+  /** Rows that failed in this run and were quarantined. */
+  failed: number;
+  /** Rows of the scope that are in the quarantine now, from this run or earlier ones. */
+  quarantined: number;
+  throttled: number;
+  retries: number;
+  kmsRequests: number;
+  seconds: number;
+  /** Rewrapped rows per second. */
+  rate: number;
+  error?: string;
+}
+
+export { ScopeBusyError };
+
+/** An error in the job's input: bad target key, bad options. The CLI maps it to exit status 2. */
+export class RotateUsageError extends Error {
+  override name = 'RotateUsageError';
+}
+
+interface PendingRow {
+  row: SourceRow;
+  chunk: number;
+  attempts: number;
+}
+
+function workerFile(): { filename: string; execArgv: string[] } {
+  const here = import.meta.url;
+  // Under a TypeScript loader (tests, tsx) the worker is the .ts source and
+  // needs the same loader; a built install runs the compiled .js file.
+  if (here.endsWith('.ts')) {
+    return { filename: fileURLToPath(new URL('./worker.ts', here)), execArgv: ['--import', 'tsx'] };
+  }
+  return { filename: fileURLToPath(new URL('./worker.js', here)), execArgv: [] };
+}
+
+function scopeKeyOf(tableName: string, matters: string[] | null): string {
+  return matters === null ? `${tableName}:*` : `${tableName}:${[...matters].sort().join(',')}`;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Exponential backoff with full jitter, capped at 10 seconds. */
+function backoffMs(attempt: number): number {
+  return Math.random() * Math.min(10_000, 100 * 2 ** attempt);
+}
+
+async function resolveTargetKey(kms: KMSClient, target: string): Promise<string> {
+  let metadata;
+  try {
+    metadata = (await kms.send(new DescribeKeyCommand({ KeyId: target }))).KeyMetadata;
+  } catch (error) {
+    const name = (error as Error).name;
+    if (name === 'NotFoundException') {
+      throw new RotateUsageError(`target key "${target}" was not found in the KMS; pass a key id, key ARN or alias that exists`);
+    }
+    throw error;
+  }
+  if (metadata?.Arn === undefined) throw new RotateUsageError(`DescribeKey returned no ARN for target key "${target}"`);
+  if (metadata.KeyState !== 'Enabled') {
+    throw new RotateUsageError(
+      `target key ${metadata.Arn} is ${metadata.KeyState ?? 'in an unknown state'}; enable it or choose another target`,
+    );
+  }
+  if (metadata.KeyUsage !== undefined && metadata.KeyUsage !== 'ENCRYPT_DECRYPT') {
+    throw new RotateUsageError(`target key ${metadata.Arn} has key usage ${metadata.KeyUsage}; rewrapping needs ENCRYPT_DECRYPT`);
+  }
+  return metadata.Arn;
+}
+
+/**
+ * Rotates the wrapped DEKs of a scope to the target KEK: reads the rows not
+ * yet on it, rewraps them through the KMS under the quota, and writes them
+ * back. Returns the summary; throws `ScopeBusyError` when another job holds
+ * the scope and `RotateUsageError` for bad input.
+ */
+export async function rotate(options: RotateOptions): Promise<RotateSummary> {
+  const started = process.hrtime.bigint();
+  const logger = options.logger;
+  const table = options.table ?? defaultVaultTable;
+  const quoted = quoteVaultTable(table);
+  const mode = options.mode ?? 'reencrypt';
+  const requestsPerRow = mode === 'decrypt-encrypt' ? 2 : 1;
+  const workers = Math.max(1, options.workers ?? availableParallelism());
+  const scopeKey = scopeKeyOf(table.name, options.matters);
+
+  if (options.matters !== null && options.matters.length === 0) {
+    throw new RotateUsageError('no matter given: pass --matter ID (repeatable) or --all');
+  }
+
+  const kms = createKmsClient({ endpoint: options.kmsEndpoint, region: options.kmsRegion, maxSockets: 8 });
+  const pool = new pg.Pool({ connectionString: options.databaseUrl, max: 4 });
+  pool.on('error', (error) => logger.warn({ event: 'db.pool.error', err: error }, 'idle database connection failed'));
+
+  let lock: ScopeLock | null = null;
+  let limiter: QuotaLimiter | null = null;
+  let piscina: Piscina | null = null;
+  let writer: Writer | null = null;
+  let jobId = '';
+
+  const counters = { scanned: 0, rewrapped: 0, conflicts: 0, failed: 0, throttled: 0, retries: 0, kmsRequests: 0 };
+  let stopReason: string | null = null;
+  let fatal: Error | null = null;
+
+  try {
+    const target = await resolveTargetKey(kms, options.target);
+    lock = await acquireScopeLock(options.databaseUrl, table.name, options.matters);
+
+    // Resume after an interrupted or crashed job of the same scope and target.
+    const previous = await pool.query<{ id: string; checkpoint: string | null; status: string }>(
+      `SELECT id::text, checkpoint, status FROM rewrap.jobs
+       WHERE scope_key = $1 AND kind = 'rotate' ORDER BY id DESC LIMIT 1`,
+      [scopeKey],
+    );
+    const last = previous.rows[0];
+    let resumeKey: string | null = null;
+    if (last !== undefined && last.status !== 'done' && last.status !== 'partial') {
+      const jobTarget = await pool.query<{ target_kek: string }>('SELECT target_kek FROM rewrap.jobs WHERE id = $1', [last.id]);
+      if (jobTarget.rows[0]?.target_kek === target && last.checkpoint !== null) {
+        resumeKey = (BigInt(last.checkpoint) + 1n).toString();
+      }
+      await pool.query(`UPDATE rewrap.jobs SET status = 'interrupted', finished_at = COALESCE(finished_at, now()) WHERE id = $1 AND status = 'running'`, [last.id]);
+    }
+
+    const inserted = await pool.query<{ id: string }>(
+      `INSERT INTO rewrap.jobs (kind, table_name, scope, scope_key, target_kek, status, host, pid, checkpoint)
+       VALUES ('rotate', $1, $2, $3, $4, 'running', $5, $6, $7) RETURNING id::text`,
+      [table.name, JSON.stringify({ matters: options.matters }), scopeKey, target, hostname(), process.pid, last?.checkpoint ?? null],
+    );
+    jobId = inserted.rows[0]!.id;
+
+    const batchSize = options.batchSize ?? 50;
+    limiter = new QuotaLimiter({ quota: options.quota / requestsPerRow, maxBatch: batchSize, logger });
+    const maxInFlight =
+      options.maxInFlight ?? Math.min(4096, Math.max(64, Math.ceil((Number.isFinite(options.quota) ? options.quota : 10_000) * 0.05)));
+    const batchesInFlight = Math.max(workers, Math.ceil(maxInFlight / limiter.batchSize()));
+    const tasksPerWorker = Math.ceil(batchesInFlight / workers);
+    const workerConfig: WorkerConfig = {
+      endpoint: options.kmsEndpoint,
+      region: options.kmsRegion,
+      maxSockets: tasksPerWorker * limiter.batchSize() * requestsPerRow,
+      requestTimeoutMs: options.kmsRequestTimeoutMs ?? 15_000,
+      mode,
+    };
+    const { filename, execArgv } = workerFile();
+    piscina = new Piscina({
+      filename,
+      execArgv,
+      workerData: workerConfig,
+      // The main thread already printed the SDK's Node version warning; one per worker adds nothing.
+      env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
+      minThreads: workers,
+      maxThreads: workers,
+      concurrentTasksPerWorker: tasksPerWorker,
+      idleTimeout: 60_000,
+    });
+    piscina.on('error', (error) => logger.error({ event: 'pool.error', jobId, err: error }, 'worker pool error'));
+
+    writer = new Writer({ pool, table: quoted, tableName: table.name, jobId, targetKek: target, logger });
+    const tracker = new CheckpointTracker();
+    let scannedSinceFlush = 0;
+    const flushQueue = new FlushQueue({
+      writer,
+      flushRows: options.flushRows ?? 5_000,
+      flushIntervalMs: options.flushIntervalMs ?? 500,
+      takeScanned: () => {
+        const value = scannedSinceFlush;
+        scannedSinceFlush = 0;
+        return value;
+      },
+      checkpoint: () => tracker.checkpoint,
+      onFlushed: (result, settledChunks) => {
+        counters.rewrapped += result.updated;
+        counters.conflicts += result.conflicts.length;
+        for (const [chunk, count] of settledChunks) tracker.settle(chunk, count);
+      },
+    });
+
+    logger.info(
+      {
+        event: 'kek.rotate.start',
+        jobId,
+        table: table.name,
+        matters: options.matters ?? 'all',
+        target,
+        mode,
+        quota: options.quota,
+        workers,
+        batchSize: limiter.batchSize(),
+        maxInFlight: batchesInFlight * limiter.batchSize(),
+        resumeFrom: resumeKey,
+      },
+      'rotation started',
+    );
+
+    const stop = (reason: string, error?: Error) => {
+      if (stopReason !== null) return;
+      stopReason = reason;
+      if (error !== undefined) fatal = error;
+    };
+    const onAbort = () => stop('signal');
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+
+    const sourceKeyStates = new Map<string, { usable: boolean; state: string; at: number }>();
+    const sourceKeyState = async (kek: string) => {
+      const cached = sourceKeyStates.get(kek);
+      if (cached !== undefined && Date.now() - cached.at < 10_000) return cached;
+      let state = 'Unknown';
+      try {
+        state = (await kms.send(new DescribeKeyCommand({ KeyId: kek }))).KeyMetadata?.KeyState ?? 'Unknown';
+      } catch (error) {
+        state = (error as Error).name === 'NotFoundException' ? 'NotFound' : 'Unknown';
+      }
+      const entry = { usable: state === 'Enabled', state, at: Date.now() };
+      sourceKeyStates.set(kek, entry);
+      return entry;
+    };
+
+    const maxRowAttempts = options.maxRowAttempts ?? 8;
+    const activePiscina = piscina;
+    const activeLimiter = limiter;
+
+    /** Sends one batch through the limiter and the pool, and retries its transient failures. */
+    const runBatch = async (batch: PendingRow[]): Promise<void> => {
+      let pending = batch;
+      while (pending.length > 0 && stopReason === null) {
+        await activeLimiter.acquire(pending.length * requestsPerRow);
+        if (stopReason !== null) return;
+        const task: RewrapTask = {
+          target,
+          rows: pending.map(({ row }) => ({ blob: row.blob!, sourceKek: row.kek, matter: row.matter, token: row.token })),
+        };
+        let result: RewrapTaskResult;
+        try {
+          result = (await activePiscina.run(task)) as RewrapTaskResult;
+        } catch (error) {
+          // The worker threw or died; the pool replaces it and the batch is sent again.
+          logger.warn({ event: 'pool.task.failed', jobId, err: error, rows: pending.length }, 'worker task failed; requeueing its batch');
+          result = {
+            blobs: pending.map(() => null),
+            errors: pending.map(() => 'WorkerError'),
+            statuses: pending.map(() => null),
+            keyId: null,
+            requests: 0,
+          };
+        }
+        counters.kmsRequests += result.requests;
+
+        const retry: PendingRow[] = [];
+        let throttledHere = 0;
+        for (let i = 0; i < pending.length; i++) {
+          const item = pending[i]!;
+          const blob = result.blobs[i];
+          const errorName = result.errors[i] ?? null;
+          if (blob !== null && blob !== undefined && errorName === null) {
+            await flushQueue.addRewrapped(
+              { key: item.row.key, oldKek: item.row.kek, newKek: result.keyId ?? target, oldBlob: item.row.blob!, newBlob: blob },
+              item.chunk,
+            );
+            continue;
+          }
+          const name = errorName ?? 'UnknownError';
+          const kind = classifyKmsError(name, result.statuses[i] ?? undefined);
+          if (kind === 'throttled') {
+            throttledHere += 1;
+            retry.push(item);
+          } else if (kind === 'transient') {
+            retry.push(item);
+          } else if (kind === 'permanent') {
+            await flushQueue.addQuarantined(quarantineRecord(item.row, name), item.chunk);
+          } else if (kind === 'key-state') {
+            const source = await sourceKeyState(item.row.kek);
+            if (!source.usable) {
+              await flushQueue.addQuarantined(quarantineRecord(item.row, name, `source key is ${source.state}`), item.chunk);
+            } else {
+              stop('target key unusable', new Error(`KMS answered ${name} although source key ${item.row.kek} is enabled; check target key ${target}`));
+            }
+          } else {
+            stop('kms access', new Error(`KMS rejected the request with ${name}; check the credentials and the kms:ReEncryptFrom and kms:ReEncryptTo permissions`));
+          }
+        }
+        if (throttledHere > 0) {
+          counters.throttled += throttledHere;
+          activeLimiter.recordThrottled(throttledHere);
+        }
+        if (retry.length === 0) return;
+        for (const item of retry) item.attempts += 1;
+        counters.retries += retry.length;
+        const worst = Math.max(...retry.map((item) => item.attempts));
+        if (worst > maxRowAttempts) {
+          logger.error(
+            { event: 'kek.rotate.kms-unavailable', jobId, rows: retry.length, attempts: worst, error: result.errors.find((e) => e !== null) },
+            'KMS kept failing; stopping the job so it can be resumed',
+          );
+          stop('kms unavailable', new Error(`KMS requests kept failing after ${maxRowAttempts} attempts; rerun the same command to resume`));
+          return;
+        }
+        const delay = backoffMs(worst);
+        logger.debug({ event: 'kek.rotate.retry', jobId, rows: retry.length, attempt: worst, delayMs: Math.round(delay) }, 'retrying rows');
+        await sleep(delay);
+        pending = retry;
+      }
+    };
+
+    const progressTimer = setInterval(() => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      logger.info(
+        {
+          event: 'kek.rotate.progress',
+          jobId,
+          scanned: counters.scanned,
+          rewrapped: counters.rewrapped,
+          conflicts: counters.conflicts,
+          failed: counters.failed,
+          throttled: counters.throttled,
+          rate: Math.round(counters.rewrapped / seconds),
+          rateFactor: activeLimiter.rateFactor,
+        },
+        'rotation progress',
+      );
+    }, options.progressIntervalMs ?? 5_000);
+    progressTimer.unref();
+
+    try {
+      const semaphore = new Semaphore(batchesInFlight);
+      const running = new Set<Promise<void>>();
+      const maxPasses = options.maxPasses ?? 4;
+      for (let pass = 1; pass <= maxPasses && stopReason === null; pass++) {
+        let passScanned = 0;
+        const source = readScope({
+          pool,
+          table: quoted,
+          tableName: table.name,
+          matters: options.matters,
+          target,
+          pageSize: options.pageSize ?? 10_000,
+          fetchSize: 1_000,
+          chunkSize: 500,
+          startKey: pass === 1 ? resumeKey : null,
+          logger,
+          signal: options.signal,
+        });
+        for await (const rows of source) {
+          passScanned += rows.length;
+          counters.scanned += rows.length;
+          scannedSinceFlush += rows.length;
+          const chunk = tracker.open(rows[rows.length - 1]!.key, rows.length);
+          const valid: PendingRow[] = [];
+          for (const row of rows) {
+            const problem = blobProblem(row.blob);
+            if (problem !== null) await flushQueue.addQuarantined(quarantineRecord(row, 'InvalidBlob', problem), chunk);
+            else valid.push({ row, chunk, attempts: 0 });
+          }
+          let offset = 0;
+          while (offset < valid.length && stopReason === null) {
+            const size = activeLimiter.batchSize();
+            const batch = valid.slice(offset, offset + size);
+            offset += size;
+            await semaphore.acquire();
+            const task = runBatch(batch)
+              .catch((error: unknown) => stop('internal error', error as Error))
+              .finally(() => {
+                semaphore.release();
+                running.delete(task);
+              });
+            running.add(task);
+          }
+          if (stopReason !== null) break;
+        }
+        await Promise.all(running);
+        await flushQueue.drain();
+        logger.info({ event: 'kek.rotate.pass', jobId, pass, scanned: passScanned }, 'pass finished');
+        if (passScanned === 0) break;
+      }
+      await Promise.all(running);
+    } catch (error) {
+      stop('error', error as Error);
+    } finally {
+      clearInterval(progressTimer);
+      options.signal?.removeEventListener('abort', onAbort);
+    }
+
+    // Whatever stopped the job, write what was already rewrapped.
+    try {
+      await flushQueue.drain();
+    } catch (error) {
+      stop('write-back failed', error as Error);
+      fatal ??= error as Error;
+    }
+    counters.failed = flushQueue.quarantinedCount;
+
+    const open = await pool.query<{ count: string }>(
+      `SELECT count(*)::text AS count FROM rewrap.quarantine
+       WHERE table_name = $1 AND resolved_at IS NULL ${options.matters === null ? '' : 'AND matter_id = ANY($2::text[])'}`,
+      options.matters === null ? [table.name] : [table.name, options.matters],
+    );
+    const quarantined = Number(open.rows[0]?.count ?? 0);
+
+    let status: JobStatus;
+    if (fatal !== null) status = stopReason === 'kms unavailable' ? 'interrupted' : 'failed';
+    else if (stopReason === 'signal') status = 'interrupted';
+    else if (quarantined > 0) status = 'partial';
+    else status = 'done';
+
+    const fatalMessage = fatal === null ? null : (fatal as Error).message;
+    await pool.query(`UPDATE rewrap.jobs SET status = $2, finished_at = now(), error = $3, checkpoint = COALESCE($4, checkpoint) WHERE id = $1`, [
+      jobId,
+      status,
+      fatalMessage,
+      tracker.checkpoint,
+    ]);
+
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const summary: RotateSummary = {
+      jobId,
+      status,
+      target,
+      scanned: counters.scanned,
+      rewrapped: counters.rewrapped,
+      conflicts: counters.conflicts,
+      failed: counters.failed,
+      quarantined,
+      throttled: counters.throttled,
+      retries: counters.retries,
+      kmsRequests: counters.kmsRequests,
+      seconds: Math.round(seconds * 1000) / 1000,
+      rate: seconds > 0 ? Math.round(counters.rewrapped / seconds) : 0,
+    };
+    if (fatalMessage !== null) summary.error = fatalMessage;
+    const doneFields = { event: 'kek.rotate.done', ...summary, matters: options.matters ?? 'all' };
+    if (status === 'failed') logger.error({ ...doneFields, err: fatal }, 'rotation failed');
+    else logger.info(doneFields, 'rotation finished');
+    return summary;
+  } finally {
+    await piscina?.destroy().catch((error: unknown) => logger.warn({ event: 'pool.destroy.error', err: error }, 'worker pool did not stop cleanly'));
+    await limiter?.stop();
+    writer?.close();
+    await lock?.release().catch((error: unknown) => logger.warn({ event: 'lock.release.error', err: error }, 'scope lock release failed'));
+    await pool.end();
+    kms.destroy();
+  }
+}
+
+/** Returns why a blob cannot be sent to the KMS, or null when it can. */
+export function blobProblem(blob: Buffer | null): string | null {
+  if (blob === null) return 'wrapped key is NULL';
+  if (blob.length === 0) return 'wrapped key is empty';
+  if (blob.length > maxBlobBytes) return `wrapped key is ${blob.length} bytes, over the KMS limit of ${maxBlobBytes}`;
+  return null;
+}
+
+function quarantineRecord(row: SourceRow, code: string, detail?: string) {
+  return {
+    key: row.key,
+    matter: row.matter,
+    sourceKek: row.kek,
+    errorCode: code,
+    errorMessage: detail ?? `KMS rejected the rewrap with ${code}`,
+  };
+}

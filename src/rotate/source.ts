@@ -1,0 +1,133 @@
+import type pg from 'pg';
+import QueryStream from 'pg-query-stream';
+import type { Logger } from '../log.js';
+import { type QuotedVaultTable } from '../db/table.js';
+
+/** One vault row as read for rewrapping. `key` is the bigint key as a decimal string, exact past 2^53. */
+export interface SourceRow {
+  key: string;
+  matter: string;
+  token: string;
+  blob: Buffer | null;
+  kek: string;
+}
+
+export interface SourceOptions {
+  pool: pg.Pool;
+  table: QuotedVaultTable;
+  /** Unquoted table name, as recorded in the quarantine. */
+  tableName: string;
+  /** Matter ids to read; null reads every matter. */
+  matters: string[] | null;
+  /** Target key ARN: rows already wrapped under it are skipped. */
+  target: string;
+  /** Rows per keyset page; each page is one short statement. */
+  pageSize: number;
+  /** Rows fetched per cursor round trip inside a page. */
+  fetchSize: number;
+  /** Rows per yielded chunk. */
+  chunkSize: number;
+  /** First key to read (inclusive), as a decimal string; null starts at the smallest key. */
+  startKey: string | null;
+  /** Attempts per page before a database error is raised to the caller. */
+  maxPageAttempts?: number;
+  logger?: Logger | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+const minBigint = '-9223372036854775808';
+
+function buildPageQuery(options: SourceOptions): string {
+  const t = options.table;
+  const matterFilter = options.matters === null ? '' : `AND v.${t.matter} = ANY($5::text[])`;
+  return `
+    SELECT v.${t.key}::text AS key, v.${t.matter} AS matter, v.${t.token} AS token,
+           v.${t.wrappedKey} AS blob, v.${t.kekId} AS kek
+    FROM ${t.table} v
+    WHERE v.${t.key} >= $1::bigint
+      AND v.${t.kekId} IS DISTINCT FROM $2
+      ${matterFilter}
+      AND NOT EXISTS (
+        SELECT 1 FROM rewrap.quarantine q
+        WHERE q.table_name = $3 AND q.row_key = v.${t.key}::text AND q.resolved_at IS NULL)
+    ORDER BY v.${t.key}
+    LIMIT $4`;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Reads the rows of the scope that are not yet on the target key, in key
+ * order, as chunks of at most `chunkSize` rows.
+ *
+ * Each page is a fresh statement on a pooled client, so no transaction or
+ * snapshot stays open longer than one page. A page that fails (backend
+ * terminated, connection lost) is reopened after the last row already
+ * yielded, on a new client; the failed client is discarded, never reused.
+ */
+export async function* readScope(options: SourceOptions): AsyncGenerator<SourceRow[]> {
+  const sql = buildPageQuery(options);
+  const maxAttempts = options.maxPageAttempts ?? 5;
+  let nextKey = options.startKey ?? minBigint;
+  let attempt = 0;
+
+  for (;;) {
+    if (options.signal?.aborted === true) return;
+    const params: unknown[] = [nextKey, options.target, options.tableName, options.pageSize];
+    if (options.matters !== null) params.push(options.matters);
+
+    let client: pg.PoolClient | undefined;
+    let pageRows = 0;
+    let failure: Error | undefined;
+    let chunk: SourceRow[] = [];
+    try {
+      client = await options.pool.connect();
+      const stream = new QueryStream(sql, params, { batchSize: options.fetchSize });
+      // A backend that dies mid-stream reports on the client; forward it into
+      // the stream so that the loop below ends instead of waiting forever.
+      const forward = (error: Error) => stream.destroy(error);
+      client.on('error', forward);
+      try {
+        client.query(stream);
+        for await (const row of stream as AsyncIterable<SourceRow>) {
+          chunk.push(row);
+          pageRows += 1;
+          if (chunk.length >= options.chunkSize) {
+            const ready = chunk;
+            chunk = [];
+            nextKey = (BigInt(ready[ready.length - 1]!.key) + 1n).toString();
+            yield ready;
+            attempt = 0;
+          }
+        }
+      } finally {
+        client.off('error', forward);
+        if (!stream.destroyed) stream.destroy();
+      }
+    } catch (error) {
+      failure = error as Error;
+    } finally {
+      // A client whose stream failed is destroyed rather than returned to the pool.
+      client?.release(failure ?? false);
+    }
+
+    if (failure !== undefined) {
+      // Rows read but not yet yielded are simply read again.
+      attempt += 1;
+      if (attempt >= maxAttempts) throw failure;
+      const delay = Math.min(5_000, 200 * 2 ** attempt);
+      options.logger?.warn(
+        { event: 'source.retry', err: failure, attempt, fromKey: nextKey, delayMs: delay },
+        'reading the vault failed; reopening the page',
+      );
+      await sleep(delay);
+      continue;
+    }
+
+    if (chunk.length > 0) {
+      nextKey = (BigInt(chunk[chunk.length - 1]!.key) + 1n).toString();
+      yield chunk;
+    }
+    if (pageRows < options.pageSize) return;
+  }
+}
