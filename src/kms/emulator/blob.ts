@@ -24,7 +24,7 @@ export const MIN_BLOB_LENGTH = CIPHERTEXT_OFFSET + TAG_LENGTH;
 
 export type EncryptionContext = Record<string, string>;
 
-/** Serializes a context as JSON with keys sorted by UTF-16 code unit; `{}` when empty. */
+/** Serializes a context as JSON with keys sorted by UTF-16 code unit, or `{}` when it is empty. */
 export function canonicalContext(context: EncryptionContext | undefined): string {
   if (context === undefined) return '{}';
   const keys = Object.keys(context);
@@ -68,7 +68,7 @@ export function readBlobKeyId(blob: Buffer): string {
   return bytesToUuid(blob.subarray(KEY_ID_OFFSET, IV_OFFSET));
 }
 
-/** Decrypts a blob whose header was checked by `readBlobKeyId`; throws InvalidCiphertextException when authentication fails. */
+/** Decrypts a blob whose header was checked by `readBlobKeyId`. Throws InvalidCiphertextException when authentication fails. */
 export function openBlob(blob: Buffer, material: Buffer, context: EncryptionContext | undefined): Buffer {
   const keyIdBytes = blob.subarray(KEY_ID_OFFSET, IV_OFFSET);
   const iv = blob.subarray(IV_OFFSET, CIPHERTEXT_OFFSET);

@@ -1,16 +1,16 @@
-/** Fault injection for one operation; rates are probabilities from 0 to 1. */
+/** Fault injection settings for one operation. Rates are probabilities from 0 to 1. */
 export interface FaultRule {
-  /** Probability of answering `errorName` with `errorStatus`. */
+  /** Probability of answering `errorName` with `errorStatus` without running the operation. */
   errorRate?: number;
-  /** Error name; default KMSInternalException. */
+  /** Error name, KMSInternalException by default. */
   errorName?: string;
-  /** HTTP status of the injected error; default 500. */
+  /** HTTP status of the injected error, 500 by default. */
   errorStatus?: number;
-  /** Probability of destroying the socket without an answer. */
+  /** Probability of destroying the socket without running the operation. Such requests are left out of the request log. */
   resetRate?: number;
-  /** Probability of waiting `stallMs` before answering normally. */
+  /** Probability of running the operation at once but sending its response `stallMs` later. */
   stallRate?: number;
-  /** Stall duration in milliseconds; default 30000. */
+  /** Stall duration in milliseconds, 30000 by default. */
   stallMs?: number;
 }
 

@@ -4,7 +4,7 @@ import { KmsError } from './errors.js';
 
 export const JSON_CONTENT_TYPE = 'application/x-amz-json-1.1';
 
-/** Reads a request body of at most `limit` bytes; rejects with a 413 ValidationException beyond that. */
+/** Reads a request body of at most `limit` bytes and rejects a larger one with a 413 ValidationException. */
 export function readBody(request: IncomingMessage, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -24,7 +24,7 @@ export function readBody(request: IncomingMessage, limit: number): Promise<Buffe
   });
 }
 
-/** Parses a JSON object body; an empty body is `{}`. Throws SerializationException otherwise. */
+/** Parses a JSON object body, treating an empty body as `{}`. Throws SerializationException for anything else. */
 export function parseJsonObject(body: Buffer): Record<string, unknown> {
   if (body.length === 0) return {};
   let value: unknown;

@@ -34,7 +34,7 @@ export interface KeyRecord {
   readonly creationDate: number;
   description: string;
   state: KeyState;
-  /** Epoch seconds at which the key is deleted; set only while PendingDeletion. */
+  /** Epoch seconds at which the key is deleted, set only while the key is PendingDeletion. */
   deletionDate: number | undefined;
   pendingWindowInDays: number | undefined;
   tags: Map<string, string>;
@@ -99,7 +99,7 @@ export interface CreateKeyInput {
 export interface KeyStoreOptions {
   region?: string;
   accountId?: string;
-  /** Clock in milliseconds since the epoch; tests replace it to move past deletion dates. */
+  /** Clock in milliseconds since the epoch. Tests replace it to move past deletion dates. */
   now?: () => number;
 }
 
@@ -117,7 +117,7 @@ const SECONDS_PER_DAY = 86_400;
 export class KeyStore {
   readonly region: string;
   readonly accountId: string;
-  /** Called after every change to keys, aliases or tags; the emulator persists the store from here. */
+  /** Listener called after every change to keys, aliases or tags. The emulator persists the store from here. */
   onChange: (() => void) | undefined;
 
   private readonly keys = new Map<string, KeyRecord>();
@@ -342,7 +342,7 @@ export class KeyStore {
     return record;
   }
 
-  /** Cancels a scheduled deletion; the key is left Disabled, as in AWS KMS. */
+  /** Cancels a scheduled deletion and leaves the key Disabled, as AWS KMS does. */
   cancelKeyDeletion(reference: string): KeyRecord {
     const record = this.resolveKey(reference);
     if (record.state !== 'PendingDeletion') throw invalidState(`${record.arn} is not pending deletion.`);
@@ -395,7 +395,7 @@ export class KeyStore {
     return { version: 1, keys, aliases: [...this.aliases.values()], deletedKeyIds: [...this.deletedKeyIds] };
   }
 
-  /** Replaces the store's contents with a snapshot; does not call `onChange`. */
+  /** Replaces the store's contents with a snapshot without calling `onChange`. */
   restore(state: PersistedState): void {
     if (state.version !== 1) throw new Error(`Unsupported state file version ${String(state.version)}; expected 1.`);
     this.keys.clear();

@@ -34,7 +34,7 @@ export const CRYPTOGRAPHIC_OPERATIONS: ReadonlySet<string> = new Set([
   'VerifyMac',
 ]);
 
-/** Operations that CloudTrail marks readOnly; all others change the store. */
+/** Operations that CloudTrail marks readOnly. All others change the store. */
 export const READ_ONLY_OPERATIONS: ReadonlySet<string> = new Set([
   ...CRYPTOGRAPHIC_OPERATIONS,
   'DescribeKey',
@@ -43,7 +43,7 @@ export const READ_ONLY_OPERATIONS: ReadonlySet<string> = new Set([
   'ListResourceTags',
 ]);
 
-/** AWS KMS operations that the emulator does not implement; they get UnsupportedOperationException. */
+/** AWS KMS operations that the emulator does not implement, answered with UnsupportedOperationException. */
 export const UNIMPLEMENTED_OPERATIONS: ReadonlySet<string> = new Set([
   'ConnectCustomKeyStore', 'CreateCustomKeyStore', 'CreateGrant', 'DeleteCustomKeyStore', 'DeleteImportedKeyMaterial',
   'DeriveSharedSecret', 'DescribeCustomKeyStores', 'DisableKeyRotation', 'DisconnectCustomKeyStore', 'EnableKeyRotation',

@@ -25,7 +25,7 @@ export interface CloudTrailEvent {
 /** Request and response fields that carry plaintext, ciphertext or MAC input and never enter the log. */
 const SECRET_FIELDS = new Set(['Plaintext', 'CiphertextBlob', 'Message', 'Mac']);
 
-/** Copies top-level fields with CloudTrail's lower camel case names, leaving out secret fields; null when none remain. */
+/** Copies top-level fields under CloudTrail's lower camel case names, leaving out secret fields. Returns null when none remain. */
 export function loggableFields(fields: Record<string, unknown> | undefined): Record<string, unknown> | null {
   if (fields === undefined) return null;
   let result: Record<string, unknown> | null = null;

@@ -13,17 +13,17 @@ import { StateFile } from './state-file.js';
 import { type EmulatorStats, QuotaCounter } from './stats.js';
 
 export interface EmulatorOptions {
-  /** Listen address; default '127.0.0.1'. */
+  /** Listen address, '127.0.0.1' by default. */
   host?: string;
-  /** Listen port; default 0, an ephemeral port. */
+  /** Listen port, 0 (an ephemeral port) by default. */
   port?: number;
-  /** Requests per second over all cryptographic operations; default 10000. 0 or Infinity means unlimited. */
+  /** Requests per second over all cryptographic operations, 10000 by default. 0 or Infinity means unlimited. */
   quota?: number;
-  /** Fixed delay added to every KMS response, in milliseconds; default 0. */
+  /** Fixed delay added to every KMS response, in milliseconds, 0 by default. */
   latencyMs?: number;
-  /** Upper bound of a uniform random delay added on top of `latencyMs`, in milliseconds; default 0. */
+  /** Upper bound of a uniform random delay added on top of `latencyMs`, in milliseconds, 0 by default. */
   jitterMs?: number;
-  /** JSON file that keys persist to; loaded at start when it exists. */
+  /** JSON file that keys persist to, loaded at start when it exists. */
   statePath?: string;
   /** Default 'us-east-1'. */
   region?: string;
@@ -33,7 +33,7 @@ export interface EmulatorOptions {
   faults?: Record<string, FaultRule>;
   /** File that CloudTrail-shaped events are appended to as JSON lines. */
   requestLogPath?: string;
-  /** Events kept in memory; default 100000. */
+  /** Number of events kept in memory, 100000 by default. */
   requestLogLimit?: number;
 }
 
@@ -76,7 +76,7 @@ class Emulator {
     this.configure(options);
   }
 
-  /** Applies a patch of the runtime settings; throws an Error that names an invalid field. */
+  /** Applies a patch of the runtime settings. Throws an Error that names the first invalid field. */
   configure(patch: RuntimeConfig): void {
     const { quota, latencyMs, jitterMs, faults } = patch;
     for (const [name, value] of Object.entries({ quota, latencyMs, jitterMs })) {
@@ -250,6 +250,7 @@ class Emulator {
     }
   }
 
+  /** Encrypts many plaintexts under one key, outside the quota and the request log, for seeding test data. */
   private wrapBatch(input: Input): { KeyId: string; CiphertextBlobs: string[] } {
     const keyId = input.KeyId;
     const items = input.Items;

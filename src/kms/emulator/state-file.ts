@@ -18,7 +18,7 @@ export class StateFile {
     this.temporaryPath = `${path}.${process.pid}.tmp`;
   }
 
-  /** Reads the file; returns undefined when it does not exist. */
+  /** Reads the file, or returns undefined when it does not exist. */
   async load(): Promise<PersistedState | undefined> {
     let text: string;
     try {
@@ -30,15 +30,13 @@ export class StateFile {
     return JSON.parse(text) as PersistedState;
   }
 
-  /** Marks the store changed; `snapshot` is called when the next write starts. */
+  /** Marks the store changed. `snapshot` is called when the next write starts. */
   schedule(snapshot: () => PersistedState): void {
     this.dirty = true;
-    this.writing ??= this.writeUntilClean(snapshot).finally(() => {
-      this.writing = undefined;
-    });
+    if (this.writing === undefined) this.writing = this.writeUntilClean(snapshot);
   }
 
-  /** Waits until every scheduled change is on disk; rejects if the last write failed. */
+  /** Waits until every scheduled change is on disk. Rejects if the last write failed. */
   async flush(): Promise<void> {
     while (this.writing !== undefined) await this.writing;
     if (this.lastError !== undefined) throw this.lastError;
@@ -56,5 +54,8 @@ export class StateFile {
         console.error(`KMS emulator: writing state file ${this.path} failed: ${(error as Error).message}`);
       }
     }
+    // Cleared in the same synchronous step as the last `dirty` check, so a change
+    // scheduled after it always starts a new write.
+    this.writing = undefined;
   }
 }

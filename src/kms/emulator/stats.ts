@@ -7,7 +7,7 @@ export interface EmulatorStats {
   faults: number;
   /** Most cryptographic requests accepted in one wall-clock second since the last reset. */
   maxPerSecond: number;
-  /** Seconds with cryptographic traffic in the last 600 seconds, oldest first; `second` is unix seconds. */
+  /** Seconds with cryptographic traffic in the last 600 seconds, oldest first. `second` is in unix seconds. */
   perSecond: Array<{ second: number; accepted: number; throttled: number }>;
 }
 
@@ -19,14 +19,14 @@ const HISTORY_SECONDS = 600;
  * EmulatorStats.
  */
 export class QuotaCounter {
-  /** Requests per second; 0 or Infinity means unlimited. */
+  /** Requests per second, where 0 or Infinity means unlimited. */
   quota: number;
 
   private readonly seconds = new Int32Array(HISTORY_SECONDS).fill(-1);
   private readonly accepted = new Int32Array(HISTORY_SECONDS);
   private readonly throttledBySecond = new Int32Array(HISTORY_SECONDS);
   private currentSecond = -1;
-  /** Accepted in `currentSecond`; kept apart from the history so resetting stats never lifts the quota. */
+  /** Requests accepted in `currentSecond`, kept apart from the history so that resetting stats never lifts the quota. */
   private currentAccepted = 0;
   private requests: Record<string, number> = {};
   private throttledTotal = 0;
@@ -45,7 +45,7 @@ export class QuotaCounter {
     this.faultsTotal += 1;
   }
 
-  /** Counts one cryptographic request; returns false when its second has already used the quota. */
+  /** Counts one cryptographic request. Returns false when its second has already used the quota. */
   admit(nowMs: number): boolean {
     const second = Math.floor(nowMs / 1000);
     if (second !== this.currentSecond) {
@@ -83,7 +83,7 @@ export class QuotaCounter {
     };
   }
 
-  /** Clears the statistics; the quota window of the current second keeps its count. */
+  /** Clears the statistics. The quota window of the current second keeps its count. */
   resetStats(): void {
     this.seconds.fill(-1);
     this.accepted.fill(0);
