@@ -264,7 +264,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     const sourceKeyState = async (kek: string) => {
       const cached = sourceKeyStates.get(kek);
       if (cached !== undefined && Date.now() - cached.at < 10_000) return cached;
-      let state = 'Unknown';
+      let state: string;
       try {
         state = (await kms.send(new DescribeKeyCommand({ KeyId: kek }))).KeyMetadata?.KeyState ?? 'Unknown';
       } catch (error) {
