@@ -7,6 +7,7 @@ import { startEmulator } from '../kms/emulator/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { rotate, RotateUsageError, ScopeBusyError, type RotateSummary } from '../rotate/engine.js';
 import { seedVault } from '../seed.js';
+import { quarantineCommands } from './quarantine-commands.js';
 import { databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
 
 /** Exit statuses, stable for schedulers. */
@@ -22,6 +23,10 @@ Commands:
   rotate (--matter ID... | --all) --to KEY
                              rewrap the scope's DEKs under KEY (key id, ARN or alias)
   kms-emulator               run the KMS emulator (AWS KMS JSON protocol over HTTP)
+  quarantine list [--matter ID] [--json]
+                             list rows that could not be rewrapped, with their reasons
+  quarantine retry (--id N... | --matter ID | --all)
+                             release quarantined rows so the next rotate reads them again
 
 Common options:
   --database-url URL   PostgreSQL connection string (default: DATABASE_URL)
@@ -208,6 +213,7 @@ const commands: Record<string, (argv: string[], logger: Logger) => Promise<numbe
   seed: commandSeed,
   rotate: commandRotate,
   'kms-emulator': commandEmulator,
+  ...quarantineCommands,
 };
 
 export async function main(argv: string[]): Promise<number> {

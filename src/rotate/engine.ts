@@ -44,6 +44,10 @@ export interface RotateOptions {
   /** Retries per row for throttling and transient errors before the job stops as interrupted. */
   maxRowAttempts?: number | undefined;
   progressIntervalMs?: number | undefined;
+  /** Retries the whole job may spend on throttled and transient failures before it stops as interrupted. */
+  retryBudget?: number | undefined;
+  /** Testing only: makes workers throw or exit at the given rates. */
+  workerFaults?: WorkerConfig['faultInjection'];
   logger: Logger;
   signal?: AbortSignal | undefined;
 }
@@ -148,7 +152,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
   }
 
   const kms = createKmsClient({ endpoint: options.kmsEndpoint, region: options.kmsRegion, maxSockets: 8 });
-  const pool = new pg.Pool({ connectionString: options.databaseUrl, max: 4 });
+  const pool = new pg.Pool({ connectionString: options.databaseUrl, max: 4, application_name: 'rewrap' });
   pool.on('error', (error) => logger.warn({ event: 'db.pool.error', err: error }, 'idle database connection failed'));
 
   let lock: ScopeLock | null = null;
@@ -200,6 +204,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       maxSockets: tasksPerWorker * limiter.batchSize() * requestsPerRow,
       requestTimeoutMs: options.kmsRequestTimeoutMs ?? 15_000,
       mode,
+      faultInjection: options.workerFaults,
     };
     const { filename, execArgv } = workerFile();
     piscina = new Piscina({
@@ -276,6 +281,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     };
 
     const maxRowAttempts = options.maxRowAttempts ?? 8;
+    const retryBudget = options.retryBudget ?? 100_000;
     const activePiscina = piscina;
     const activeLimiter = limiter;
 
@@ -346,6 +352,14 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
         for (const item of retry) item.attempts += 1;
         counters.retries += retry.length;
         const worst = Math.max(...retry.map((item) => item.attempts));
+        if (counters.retries > retryBudget) {
+          logger.error(
+            { event: 'kek.rotate.retry-budget', jobId, retries: counters.retries, retryBudget },
+            'retry budget spent; stopping the job so it can be resumed',
+          );
+          stop('kms unavailable', new Error(`the job spent its retry budget of ${retryBudget}; rerun the same command to resume, or raise the budget`));
+          return;
+        }
         if (worst > maxRowAttempts) {
           logger.error(
             { event: 'kek.rotate.kms-unavailable', jobId, rows: retry.length, attempts: worst, error: result.errors.find((e) => e !== null) },

@@ -13,6 +13,12 @@ export interface WorkerConfig {
   maxSockets: number;
   requestTimeoutMs: number;
   mode: KmsMode;
+  /**
+   * Testing only: probability per task that the worker throws, or exits its
+   * thread, before sending any request. Used to prove that such batches are
+   * requeued and nothing hangs.
+   */
+  faultInjection?: { throwRate?: number; exitRate?: number } | undefined;
 }
 
 export interface RewrapTaskRow {

@@ -36,6 +36,7 @@ export interface SourceOptions {
 }
 
 const minBigint = '-9223372036854775808';
+const maxBigint = 9223372036854775807n;
 
 function buildPageQuery(options: SourceOptions): string {
   const t = options.table;
@@ -67,7 +68,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  */
 export async function* readScope(options: SourceOptions): AsyncGenerator<SourceRow[]> {
   const sql = buildPageQuery(options);
-  const maxAttempts = options.maxPageAttempts ?? 5;
+  const maxAttempts = options.maxPageAttempts ?? 10;
   let nextKey = options.startKey ?? minBigint;
   let attempt = 0;
 
@@ -97,6 +98,7 @@ export async function* readScope(options: SourceOptions): AsyncGenerator<SourceR
             chunk = [];
             nextKey = (BigInt(ready[ready.length - 1]!.key) + 1n).toString();
             yield ready;
+            if (BigInt(nextKey) > maxBigint) return;
             attempt = 0;
           }
         }
@@ -115,7 +117,8 @@ export async function* readScope(options: SourceOptions): AsyncGenerator<SourceR
       // Rows read but not yet yielded are simply read again.
       attempt += 1;
       if (attempt >= maxAttempts) throw failure;
-      const delay = Math.min(5_000, 200 * 2 ** attempt);
+      // Up to about 30 seconds in all, long enough for a server restart or a failover.
+      const delay = Math.min(5_000, 100 * 2 ** attempt);
       options.logger?.warn(
         { event: 'source.retry', err: failure, attempt, fromKey: nextKey, delayMs: delay },
         'reading the vault failed; reopening the page',
@@ -127,6 +130,7 @@ export async function* readScope(options: SourceOptions): AsyncGenerator<SourceR
     if (chunk.length > 0) {
       nextKey = (BigInt(chunk[chunk.length - 1]!.key) + 1n).toString();
       yield chunk;
+      if (BigInt(nextKey) > maxBigint) return;
     }
     if (pageRows < options.pageSize) return;
   }

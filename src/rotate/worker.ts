@@ -81,6 +81,12 @@ async function decryptEncrypt(target: string, row: RewrapTaskRow): Promise<RowOu
 
 /** Rewraps every row of the task concurrently and reports each row's outcome. */
 export default async function rewrapBatch(task: RewrapTask): Promise<RewrapTaskResult> {
+  const faults = config.faultInjection;
+  if (faults !== undefined) {
+    const draw = Math.random();
+    if (draw < (faults.exitRate ?? 0)) process.exit(1);
+    if (draw < (faults.exitRate ?? 0) + (faults.throwRate ?? 0)) throw new Error('injected worker fault');
+  }
   const rewrapRow = config.mode === 'decrypt-encrypt' ? decryptEncrypt : reencrypt;
   const outcomes = await Promise.all(task.rows.map((row) => rewrapRow(task.target, row)));
   const result: RewrapTaskResult = { blobs: [], errors: [], statuses: [], keyId: null, requests: 0 };

@@ -121,7 +121,7 @@ export class Writer {
    * written twice.
    */
   async flush(input: FlushInput): Promise<FlushResult> {
-    const maxAttempts = this.#options.maxAttempts ?? 5;
+    const maxAttempts = this.#options.maxAttempts ?? 10;
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.#flushOnce(input);
@@ -130,7 +130,7 @@ export class Writer {
         this.#client?.release(error as Error);
         this.#client = null;
         if (attempt >= maxAttempts) throw error;
-        const delay = Math.min(5_000, 200 * 2 ** attempt);
+        const delay = Math.min(5_000, 100 * 2 ** attempt);
         this.#options.logger?.warn(
           { event: 'writer.retry', err: error, attempt, jobId: this.#options.jobId, rows: input.rewrapped.length, delayMs: delay },
           'flush failed; retrying on a new connection',
