@@ -6,7 +6,7 @@ import { Piscina } from 'piscina';
 import { classifyKmsError, createKmsClient } from '../kms/client.js';
 import { defaultVaultTable, quoteVaultTable, type VaultTable } from '../db/table.js';
 import type { Logger } from '../log.js';
-import { QuotaLimiter } from './limiter.js';
+import { QuotaLimiter, type RequestLimiter } from './limiter.js';
 import { CheckpointTracker } from './progress.js';
 import type { KmsMode, RewrapTask, RewrapTaskResult, WorkerConfig } from './protocol.js';
 import { Semaphore } from './semaphore.js';
@@ -44,12 +44,36 @@ export interface RotateOptions {
   /** Retries per row for throttling and transient errors before the job stops as interrupted. */
   maxRowAttempts?: number | undefined;
   progressIntervalMs?: number | undefined;
+  /** First vault key to read (inclusive), as a decimal string; absent starts at the smallest key. */
+  startKey?: string | undefined;
+  /** Last vault key to read (inclusive), as a decimal string; absent reads to the largest key. */
+  endKey?: string | undefined;
+  /** False skips the scope's advisory lock, for callers that keep key ranges exclusive by other means, such as leases. */
+  scopeLock?: boolean | undefined;
+  /** Limiter to take KMS request tokens from instead of the job's own; the caller stops it. */
+  limiter?: RequestLimiter | undefined;
+  /** Worker pool to run rewrap tasks on instead of the job's own; the caller destroys it. */
+  workerPool?: Piscina | undefined;
+  /** Called after each committed flush with the checkpoint and the counters so far. */
+  onProgress?: ((progress: RotateProgress) => void) | undefined;
   /** Retries the whole job may spend on throttled and transient failures before it stops as interrupted. */
   retryBudget?: number | undefined;
   /** Testing only: makes workers throw or exit at the given rates. */
   workerFaults?: WorkerConfig['faultInjection'];
   logger: Logger;
   signal?: AbortSignal | undefined;
+}
+
+/** What `RotateOptions.onProgress` receives. */
+export interface RotateProgress {
+  jobId: string;
+  /** Last key of the settled prefix of the scope, or null when nothing is settled yet. */
+  checkpoint: string | null;
+  scanned: number;
+  rewrapped: number;
+  conflicts: number;
+  /** Rows quarantined by committed flushes of this run. */
+  failed: number;
 }
 
 export type JobStatus = 'done' | 'partial' | 'failed' | 'interrupted';
@@ -97,8 +121,10 @@ function workerFile(): { filename: string; execArgv: string[] } {
   return { filename: fileURLToPath(new URL('./worker.js', here)), execArgv: [] };
 }
 
-function scopeKeyOf(tableName: string, matters: string[] | null): string {
-  return matters === null ? `${tableName}:*` : `${tableName}:${[...matters].sort().join(',')}`;
+function scopeKeyOf(tableName: string, matters: string[] | null, startKey?: string, endKey?: string): string {
+  const scope = matters === null ? `${tableName}:*` : `${tableName}:${[...matters].sort().join(',')}`;
+  // A key range is a scope of its own, so that resuming picks up the checkpoint of the same range only.
+  return startKey === undefined && endKey === undefined ? scope : `${scope}@${startKey ?? ''}..${endKey ?? ''}`;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -145,7 +171,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
   const mode = options.mode ?? 'reencrypt';
   const requestsPerRow = mode === 'decrypt-encrypt' ? 2 : 1;
   const workers = Math.max(1, options.workers ?? availableParallelism());
-  const scopeKey = scopeKeyOf(table.name, options.matters);
+  const scopeKey = scopeKeyOf(table.name, options.matters, options.startKey, options.endKey);
 
   if (options.matters !== null && options.matters.length === 0) {
     throw new RotateUsageError('no matter given: pass --matter ID (repeatable) or --all');
@@ -156,7 +182,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
   pool.on('error', (error) => logger.warn({ event: 'db.pool.error', err: error }, 'idle database connection failed'));
 
   let lock: ScopeLock | null = null;
-  let limiter: QuotaLimiter | null = null;
+  let limiter: RequestLimiter | null = null;
   let piscina: Piscina | null = null;
   let writer: Writer | null = null;
   let jobId = '';
@@ -167,7 +193,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
 
   try {
     const target = await resolveTargetKey(kms, options.target);
-    lock = await acquireScopeLock(options.databaseUrl, table.name, options.matters);
+    if (options.scopeLock !== false) lock = await acquireScopeLock(options.databaseUrl, table.name, options.matters);
 
     // Resume after an interrupted or crashed job of the same scope and target.
     const previous = await pool.query<{ id: string; checkpoint: string | null; status: string }>(
@@ -193,7 +219,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     jobId = inserted.rows[0]!.id;
 
     const batchSize = options.batchSize ?? 50;
-    limiter = new QuotaLimiter({ quota: options.quota / requestsPerRow, maxBatch: batchSize, logger });
+    limiter = options.limiter ?? new QuotaLimiter({ quota: options.quota / requestsPerRow, maxBatch: batchSize, logger });
     const maxInFlight =
       options.maxInFlight ?? Math.min(4096, Math.max(64, Math.ceil((Number.isFinite(options.quota) ? options.quota : 10_000) * 0.05)));
     const batchesInFlight = Math.max(workers, Math.ceil(maxInFlight / limiter.batchSize()));
@@ -207,7 +233,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       faultInjection: options.workerFaults,
     };
     const { filename, execArgv } = workerFile();
-    piscina = new Piscina({
+    piscina = options.workerPool ?? new Piscina({
       filename,
       execArgv,
       workerData: workerConfig,
@@ -218,7 +244,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       concurrentTasksPerWorker: tasksPerWorker,
       idleTimeout: 60_000,
     });
-    piscina.on('error', (error) => logger.error({ event: 'pool.error', jobId, err: error }, 'worker pool error'));
+    if (options.workerPool === undefined) piscina.on('error', (error) => logger.error({ event: 'pool.error', jobId, err: error }, 'worker pool error'));
 
     writer = new Writer({ pool, table: quoted, tableName: table.name, jobId, targetKek: target, logger });
     const tracker = new CheckpointTracker();
@@ -237,6 +263,14 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
         counters.rewrapped += result.updated;
         counters.conflicts += result.conflicts.length;
         for (const [chunk, count] of settledChunks) tracker.settle(chunk, count);
+        options.onProgress?.({
+          jobId,
+          checkpoint: tracker.checkpoint,
+          scanned: counters.scanned,
+          rewrapped: counters.rewrapped,
+          conflicts: counters.conflicts,
+          failed: flushQueue.quarantinedCount,
+        });
       },
     });
 
@@ -409,7 +443,8 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
           pageSize: options.pageSize ?? 10_000,
           fetchSize: 1_000,
           chunkSize: 500,
-          startKey: pass === 1 ? resumeKey : null,
+          startKey: pass === 1 ? (resumeKey ?? options.startKey ?? null) : (options.startKey ?? null),
+          endKey: options.endKey ?? null,
           logger,
           signal: options.signal,
         });
@@ -505,8 +540,8 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     else logger.info(doneFields, 'rotation finished');
     return summary;
   } finally {
-    await piscina?.destroy().catch((error: unknown) => logger.warn({ event: 'pool.destroy.error', err: error }, 'worker pool did not stop cleanly'));
-    await limiter?.stop();
+    if (options.workerPool === undefined) await piscina?.destroy().catch((error: unknown) => logger.warn({ event: 'pool.destroy.error', err: error }, 'worker pool did not stop cleanly'));
+    if (options.limiter === undefined) await limiter?.stop();
     writer?.close();
     await lock?.release().catch((error: unknown) => logger.warn({ event: 'lock.release.error', err: error }, 'scope lock release failed'));
     await pool.end();

@@ -11,6 +11,22 @@ export interface QuotaLimiterOptions {
   bottleneck?: Bottleneck.ConstructorOptions | undefined;
 }
 
+/**
+ * What the rotation engine needs from a limiter. `QuotaLimiter` is the
+ * process-local one; a fleet passes its own, shared by several hosts.
+ */
+export interface RequestLimiter {
+  /** Current multiplier of the rate, from 0.05 to 1. */
+  readonly rateFactor: number;
+  /** Rows to put in the next batch. */
+  batchSize(): number;
+  /** Waits until `requests` KMS requests may be sent. */
+  acquire(requests: number): Promise<void>;
+  /** Records throttled responses, so that the rate drops. */
+  recordThrottled(count: number): void;
+  stop(): Promise<void>;
+}
+
 /** Refill step of the token bucket. */
 const refillIntervalMs = 100;
 /**
@@ -40,7 +56,7 @@ const increaseStep = 0.05;
  * reservoir refills, and because a per-host factor also works unchanged
  * when the bucket lives in Redis for a fleet.
  */
-export class QuotaLimiter {
+export class QuotaLimiter implements RequestLimiter {
   readonly quota: number;
   readonly burst: number;
   readonly rate: number;

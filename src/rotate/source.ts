@@ -29,6 +29,8 @@ export interface SourceOptions {
   chunkSize: number;
   /** First key to read (inclusive), as a decimal string; null starts at the smallest key. */
   startKey: string | null;
+  /** Last key to read (inclusive), as a decimal string; null or absent reads to the largest key. */
+  endKey?: string | null | undefined;
   /** Attempts per page before a database error is raised to the caller. */
   maxPageAttempts?: number;
   logger?: Logger | undefined;
@@ -41,11 +43,13 @@ const maxBigint = 9223372036854775807n;
 function buildPageQuery(options: SourceOptions): string {
   const t = options.table;
   const matterFilter = options.matters === null ? '' : `AND v.${t.matter} = ANY($5::text[])`;
+  const endFilter = options.endKey === null || options.endKey === undefined ? '' : `AND v.${t.key} <= ${BigInt(options.endKey).toString()}::bigint`;
   return `
     SELECT v.${t.key}::text AS key, v.${t.matter} AS matter, v.${t.token} AS token,
            v.${t.wrappedKey} AS blob, v.${t.kekId} AS kek
     FROM ${t.table} v
     WHERE v.${t.key} >= $1::bigint
+      ${endFilter}
       AND v.${t.kekId} IS DISTINCT FROM $2
       ${matterFilter}
       AND NOT EXISTS (
