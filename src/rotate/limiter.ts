@@ -27,18 +27,16 @@ export interface RequestLimiter {
   stop(): Promise<void>;
 }
 
-/** Refill step of the token bucket. */
-const refillIntervalMs = 100;
-/**
- * Bottleneck checks for a due refill on each heartbeat, so a refill lands up
- * to one heartbeat late. A short heartbeat keeps that loss near 2 percent.
- */
-const heartbeatMs = 4;
+/** Period of the refill timer of a local bucket. */
+const refillTickMs = 5;
 /** Share of the quota kept unused, for requests that arrive late at the KMS and land in the next second. */
 const safetyMargin = 0.005;
 const minRateFactor = 0.05;
-const decreaseFactor = 0.7;
-const increaseStep = 0.05;
+/** Period of the AIMD adjustment: short, so that a throttled burst is answered within a quarter second. */
+const adjustIntervalMs = 250;
+const decreaseFactor = 0.75;
+/** Rise per throttle-free adjustment period: 4 percent of the rate per second. */
+const increaseStep = 0.01;
 
 /**
  * One token bucket for the whole job, in the main thread. A batch of n KMS
@@ -46,8 +44,12 @@ const increaseStep = 0.05;
  * their own.
  *
  * The bucket holds at most `burst` tokens and refills `rate` tokens per
- * second, so any one-second window grants at most `burst + rate`, which is
- * kept under the quota.
+ * second, so any one-second window grants at most `burst + rate` (plus one
+ * refill tick), which is kept under the quota. A local bucket is refilled by
+ * a timer of our own from the measured elapsed time: Bottleneck's built-in
+ * increase fires on its heartbeat, up to one heartbeat late each time, and
+ * would lose several percent of the quota. A bucket in a shared datastore
+ * uses Bottleneck's built-in increase, which the datastore computes.
  *
  * Throttling lowers the sending rate multiplicatively and each throttle-free
  * second raises it additively (AIMD). The rate is lowered by charging more
@@ -64,12 +66,17 @@ export class QuotaLimiter implements RequestLimiter {
   #factor = 1;
   #throttledThisSecond = 0;
   #timer: NodeJS.Timeout | null = null;
+  #refillTimer: NodeJS.Timeout | null = null;
   #logger: Logger | undefined;
   #maxBatch: number;
+  /** True when the bucket lives in a datastore shared with other processes, such as Redis. */
+  #shared: boolean;
+  #datastoreErrors = 0;
 
   constructor(options: QuotaLimiterOptions) {
     this.#logger = options.logger;
     this.quota = options.quota;
+    this.#shared = (options.bottleneck?.datastore ?? 'local') !== 'local';
     if (!Number.isFinite(options.quota) || options.quota <= 0) {
       this.#bottleneck = null;
       this.burst = options.maxBatch;
@@ -80,19 +87,62 @@ export class QuotaLimiter implements RequestLimiter {
     // A batch must fit in the bucket, and the bucket should stay small next to
     // the quota so that `burst + rate` leaves most of the quota to `rate`.
     this.#maxBatch = Math.max(1, Math.min(options.maxBatch, Math.floor(options.quota * 0.02)));
-    this.burst = Math.max(this.#maxBatch, Math.ceil(options.quota * 0.01));
-    this.rate = Math.max(1, (options.quota - this.burst) * (1 - safetyMargin));
-    this.#bottleneck = new Bottleneck({
-      reservoir: this.burst,
-      reservoirIncreaseInterval: refillIntervalMs,
-      reservoirIncreaseAmount: (this.rate * refillIntervalMs) / 1000,
-      reservoirIncreaseMaximum: this.burst,
-      heartbeatInterval: heartbeatMs,
-      maxConcurrent: null,
-      ...options.bottleneck,
-    });
-    this.#timer = setInterval(() => this.#adjust(), 1000);
+    const shared = options.bottleneck?.datastore !== undefined && options.bottleneck.datastore !== 'local';
+    if (shared) {
+      // The datastore adds `rate / 20` every 50 ms, so the bucket must hold at
+      // least one such step; a second then grants at most 1.05 × rate.
+      this.rate = Math.max(1, (options.quota / 1.05) * (1 - safetyMargin));
+      this.burst = Math.max(this.#maxBatch, this.rate / 20);
+      this.#bottleneck = new Bottleneck({
+        reservoir: this.burst,
+        reservoirIncreaseInterval: 50,
+        reservoirIncreaseAmount: this.rate / 20,
+        reservoirIncreaseMaximum: this.burst,
+        maxConcurrent: null,
+        ...options.bottleneck,
+      });
+    } else {
+      this.burst = Math.max(this.#maxBatch, Math.ceil(options.quota * 0.01));
+      // A refill tick that straddles a second boundary adds up to one tick of
+      // tokens to that second, hence the division.
+      this.rate = Math.max(1, ((options.quota - this.burst) / (1 + refillTickMs / 1000)) * (1 - safetyMargin));
+      this.#bottleneck = new Bottleneck({ reservoir: this.burst, maxConcurrent: null, ...options.bottleneck });
+      this.#startRefill();
+    }
+    if (this.#shared) {
+      // Bottleneck reports datastore failures as events; without a listener they would pass unseen.
+      this.#bottleneck.on('error', (error: unknown) => {
+        this.#datastoreErrors += 1;
+        if (this.#datastoreErrors === 1) this.#logger?.warn({ event: 'limiter.datastore.error', err: error }, 'limiter datastore failed');
+      });
+    }
+    this.#timer = setInterval(() => this.#adjust(), adjustIntervalMs);
     this.#timer.unref();
+  }
+
+  #startRefill(): void {
+    const bottleneck = this.#bottleneck!;
+    let last = performance.now();
+    let running = false;
+    this.#refillTimer = setInterval(() => {
+      if (running) return;
+      running = true;
+      const now = performance.now();
+      const tokens = (this.rate * (now - last)) / 1000;
+      last = now;
+      bottleneck
+        .currentReservoir()
+        .then((level) => {
+          const room = this.burst - (level ?? 0);
+          if (room > 0) return bottleneck.incrementReservoir(Math.min(tokens, room));
+          return undefined;
+        })
+        .catch((error: unknown) => this.#logger?.error({ event: 'limiter.refill.error', err: error }, 'token bucket refill failed'))
+        .finally(() => {
+          running = false;
+        });
+    }, refillTickMs);
+    this.#refillTimer.unref();
   }
 
   /** Current multiplier of the rate, from 0.05 to 1. */
@@ -136,7 +186,20 @@ export class QuotaLimiter implements RequestLimiter {
 
   async stop(): Promise<void> {
     if (this.#timer !== null) clearInterval(this.#timer);
+    if (this.#refillTimer !== null) clearInterval(this.#refillTimer);
     this.#timer = null;
-    if (this.#bottleneck !== null) await this.#bottleneck.stop({ dropWaitingJobs: true });
+    this.#refillTimer = null;
+    if (this.#bottleneck === null) return;
+    const stopped = this.#bottleneck.stop({ dropWaitingJobs: true });
+    if (!this.#shared) {
+      await stopped;
+      return;
+    }
+    // A shared datastore may be unreachable, so neither step waits for it for long.
+    await Promise.race([stopped.catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
+    await this.#bottleneck.disconnect(false).catch(() => undefined);
+    if (this.#datastoreErrors > 1) {
+      this.#logger?.warn({ event: 'limiter.datastore.errors', errors: this.#datastoreErrors }, 'limiter datastore failed repeatedly');
+    }
   }
 }
