@@ -39,6 +39,11 @@ export interface KeyRecord {
   pendingWindowInDays: number | undefined;
   tags: Map<string, string>;
   grants: GrantRecord[];
+  /**
+   * Access keys allowed to use the key, standing in for a key policy; undefined
+   * allows every caller. An emulator extension, set through PUT /_emulator/key-access.
+   */
+  allowedPrincipals: string[] | undefined;
 }
 
 export interface AliasRecord {
@@ -84,6 +89,7 @@ export interface PersistedState {
     pendingWindowInDays?: number;
     tags: Tag[];
     grants: GrantRecord[];
+    allowedPrincipals?: string[];
   }>;
   aliases: AliasRecord[];
   deletedKeyIds: string[];
@@ -246,6 +252,27 @@ export class KeyStore {
     return mac.length === expected.length && timingSafeEqual(expected, mac);
   }
 
+  /**
+   * Restricts a key to the given access key ids, or lifts the restriction
+   * when `principals` is undefined. Returns the key.
+   */
+  setAllowedPrincipals(reference: string, principals: string[] | undefined): KeyRecord {
+    const record = this.resolveKey(reference);
+    record.allowedPrincipals = principals === undefined ? undefined : [...principals];
+    this.changed();
+    return record;
+  }
+
+  /** Throws AccessDeniedException unless the key allows `principal` (an access key id). */
+  assertAllowed(record: KeyRecord, principal: string | undefined): void {
+    if (record.allowedPrincipals === undefined) return;
+    if (principal !== undefined && record.allowedPrincipals.includes(principal)) return;
+    throw new KmsError(
+      'AccessDeniedException',
+      `User ${principal ?? 'anonymous'} is not authorized to use ${record.arn}: the key's access list does not name this principal.`,
+    );
+  }
+
   /** Lists live keys in creation order. */
   listKeys(): KeyRecord[] {
     this.purgeExpired();
@@ -390,6 +417,7 @@ export class KeyStore {
       };
       if (record.deletionDate !== undefined) key.deletionDate = record.deletionDate;
       if (record.pendingWindowInDays !== undefined) key.pendingWindowInDays = record.pendingWindowInDays;
+      if (record.allowedPrincipals !== undefined) key.allowedPrincipals = record.allowedPrincipals;
       keys.push(key);
     }
     return { version: 1, keys, aliases: [...this.aliases.values()], deletedKeyIds: [...this.deletedKeyIds] };
@@ -411,6 +439,7 @@ export class KeyStore {
       record.pendingWindowInDays = key.pendingWindowInDays;
       record.tags = new Map(key.tags.map((tag) => [tag.TagKey, tag.TagValue]));
       record.grants = key.grants ?? [];
+      record.allowedPrincipals = key.allowedPrincipals;
       this.keys.set(record.keyId, record);
     }
     for (const alias of state.aliases) this.aliases.set(alias.aliasName, { ...alias });
@@ -432,6 +461,7 @@ export class KeyStore {
       pendingWindowInDays: undefined,
       tags: new Map(),
       grants: [],
+      allowedPrincipals: undefined,
     };
   }
 

@@ -19,6 +19,8 @@ export interface OperationContext {
   store: KeyStore;
   /** ARNs of the keys the request used. */
   resources: string[];
+  /** Access key id from the request's SigV4 Authorization header; keys with an access list check it. */
+  principal?: string | undefined;
 }
 
 export type Operation = (input: Input, context: OperationContext) => Record<string, unknown>;
@@ -67,12 +69,14 @@ const MAX_CIPHERTEXT_BYTES = 6144;
 function useKey(context: OperationContext, reference: string): KeyRecord {
   const record = context.store.resolveKey(reference);
   context.resources.push(record.arn);
+  context.store.assertAllowed(record, context.principal);
   return record;
 }
 
 function useBlobKey(context: OperationContext, blob: Buffer): KeyRecord {
   const record = context.store.keyForBlob(blob);
   if (!context.resources.includes(record.arn)) context.resources.push(record.arn);
+  context.store.assertAllowed(record, context.principal);
   return record;
 }
 

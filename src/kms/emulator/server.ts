@@ -138,7 +138,8 @@ class Emulator {
 
     let input: Input | undefined;
     let result: Record<string, unknown> | undefined;
-    const context: OperationContext = { store: this.store, resources: [] };
+    const principal = CREDENTIAL.exec(request.headers.authorization ?? '')?.[1];
+    const context: OperationContext = { store: this.store, resources: [], principal };
     try {
       input = parseJsonObject(await readBody(request, KMS_BODY_LIMIT));
       if (error === undefined && operation !== undefined) {
@@ -225,6 +226,9 @@ class Emulator {
         case 'GET /_emulator/request-log':
           sendJson(response, 200, this.log.events());
           return;
+        case 'PUT /_emulator/key-access':
+          sendJson(response, 200, this.setKeyAccess(parseJsonObject(body)));
+          return;
         case 'POST /_emulator/wrap-batch':
           sendJson(response, 200, this.wrapBatch(parseJsonObject(body)));
           return;
@@ -248,6 +252,21 @@ class Emulator {
     } catch (caught) {
       throw validationError((caught as Error).message);
     }
+  }
+
+  /**
+   * Sets a key's access list from `{KeyId, Principals}`, where Principals is a
+   * list of access key ids, or null to allow every caller again.
+   */
+  private setKeyAccess(input: Input): { KeyId: string; Principals: string[] | null } {
+    const keyId = input.KeyId;
+    const principals = input.Principals;
+    if (typeof keyId !== 'string') throw validationError('KeyId must be a key id, key ARN, alias name or alias ARN.');
+    if (principals !== null && (!Array.isArray(principals) || !principals.every((value) => typeof value === 'string' && value.length > 0))) {
+      throw validationError('Principals must be a list of access key ids, or null to allow every caller.');
+    }
+    const record = this.store.setAllowedPrincipals(keyId, principals === null ? undefined : (principals as string[]));
+    return { KeyId: record.arn, Principals: record.allowedPrincipals ?? null };
   }
 
   /** Encrypts many plaintexts under one key, outside the quota and the request log, for seeding test data. */
