@@ -67,6 +67,118 @@ const migrations: ReadonlyArray<{ version: number; description: string; sql: str
         WHERE resolved_at IS NULL;
     `,
   },
+  {
+    version: 2,
+    description: 'key records, shredded matters, emergency runs and the audit trail',
+    sql: `
+      CREATE TABLE rewrap.keys (
+        key_arn text PRIMARY KEY,
+        key_class text NOT NULL CHECK (key_class IN ('tenant', 'matter', 'audit-signing')),
+        matter_id text,
+        alias_name text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        retired_at timestamptz,
+        replaced_by text
+      );
+      CREATE UNIQUE INDEX keys_live_matter_idx ON rewrap.keys (matter_id)
+        WHERE key_class = 'matter' AND retired_at IS NULL;
+
+      CREATE TABLE rewrap.shredded_matters (
+        matter_id text PRIMARY KEY,
+        kek_arn text NOT NULL,
+        deletion_date timestamptz,
+        shredded_at timestamptz NOT NULL DEFAULT now()
+      );
+
+      CREATE TABLE rewrap.emergency_runs (
+        id bigserial PRIMARY KEY,
+        compromised_kek text NOT NULL,
+        since timestamptz NOT NULL,
+        status text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+      );
+      CREATE TABLE rewrap.emergency_steps (
+        run_id bigint NOT NULL REFERENCES rewrap.emergency_runs (id),
+        step text NOT NULL,
+        status text NOT NULL,
+        detail jsonb NOT NULL DEFAULT '{}',
+        error text,
+        finished_at timestamptz,
+        PRIMARY KEY (run_id, step)
+      );
+
+      CREATE TABLE rewrap.audit (
+        seq bigint PRIMARY KEY,
+        recorded_at timestamptz NOT NULL,
+        action text NOT NULL,
+        actor text NOT NULL,
+        details jsonb NOT NULL,
+        prev_hash text NOT NULL,
+        hash text NOT NULL,
+        mac text NOT NULL,
+        mac_key_arn text NOT NULL
+      );
+      CREATE TABLE rewrap.audit_head (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        seq bigint NOT NULL,
+        hash text NOT NULL,
+        mac text NOT NULL,
+        mac_key_arn text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+      );
+    `,
+  },
+  {
+    version: 3,
+    description: 'partitioned jobs shared by several processes',
+    sql: `
+      CREATE TABLE rewrap.fleet_jobs (
+        id bigserial PRIMARY KEY,
+        table_name text NOT NULL,
+        matters text[],
+        target text NOT NULL,
+        limiter_id text NOT NULL,
+        limiter_mode text NOT NULL DEFAULT 'redis' CHECK (limiter_mode IN ('redis', 'local')),
+        limiter_mode_at timestamptz NOT NULL DEFAULT now(),
+        status text NOT NULL DEFAULT 'running',
+        created_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+      );
+
+      CREATE TABLE rewrap.fleet_partitions (
+        job_id bigint NOT NULL REFERENCES rewrap.fleet_jobs (id),
+        partition integer NOT NULL,
+        start_key bigint NOT NULL,
+        end_key bigint NOT NULL,
+        rows_at_create bigint NOT NULL,
+        status text NOT NULL DEFAULT 'pending',
+        owner text,
+        lease_expires_at timestamptz,
+        attempts integer NOT NULL DEFAULT 0,
+        checkpoint bigint,
+        scanned bigint NOT NULL DEFAULT 0,
+        rewrapped bigint NOT NULL DEFAULT 0,
+        conflicts bigint NOT NULL DEFAULT 0,
+        failed bigint NOT NULL DEFAULT 0,
+        error text,
+        started_at timestamptz,
+        finished_at timestamptz,
+        PRIMARY KEY (job_id, partition)
+      );
+
+      CREATE TABLE rewrap.fleet_workers (
+        job_id bigint NOT NULL REFERENCES rewrap.fleet_jobs (id),
+        worker_id text NOT NULL,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        limiter_mode text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (job_id, worker_id)
+      );
+    `,
+  },
 ];
 
 export const schemaVersion = migrations[migrations.length - 1]?.version ?? 0;

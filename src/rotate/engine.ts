@@ -62,7 +62,17 @@ export interface RotateOptions {
   workerFaults?: WorkerConfig['faultInjection'];
   logger: Logger;
   signal?: AbortSignal | undefined;
+  /**
+   * Called once the job is recorded and once it finished. A throw at start
+   * stops the job before any row is read; a throw at finish is logged.
+   */
+  audit?: ((event: RotateAuditEvent) => Promise<void>) | undefined;
 }
+
+/** What `RotateOptions.audit` receives: the job's scope at start, its summary at finish. */
+export type RotateAuditEvent =
+  | { type: 'rotate.start'; jobId: string; table: string; matters: string[] | null; target: string }
+  | { type: 'rotate.finish'; jobId: string; table: string; matters: string[] | null; summary: RotateSummary };
 
 /** What `RotateOptions.onProgress` receives. */
 export interface RotateProgress {
@@ -217,6 +227,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       [table.name, JSON.stringify({ matters: options.matters }), scopeKey, target, hostname(), process.pid, last?.checkpoint ?? null],
     );
     jobId = inserted.rows[0]!.id;
+    await options.audit?.({ type: 'rotate.start', jobId, table: table.name, matters: options.matters, target });
 
     const batchSize = options.batchSize ?? 50;
     limiter = options.limiter ?? new QuotaLimiter({ quota: options.quota / requestsPerRow, maxBatch: batchSize, logger });
@@ -535,6 +546,9 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       rate: seconds > 0 ? Math.round(counters.rewrapped / seconds) : 0,
     };
     if (fatalMessage !== null) summary.error = fatalMessage;
+    await options.audit?.({ type: 'rotate.finish', jobId, table: table.name, matters: options.matters, summary }).catch((error: unknown) => {
+      logger.error({ event: 'kek.rotate.audit.error', jobId, err: error }, 'writing the rotation finish audit record failed');
+    });
     const doneFields = { event: 'kek.rotate.done', ...summary, matters: options.matters ?? 'all' };
     if (status === 'failed') logger.error({ ...doneFields, err: fatal }, 'rotation failed');
     else logger.info(doneFields, 'rotation finished');
