@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../log.js';
 import { rotate, RotateUsageError, ScopeBusyError, type RotateSummary } from '../rotate/engine.js';
 import { seedVault } from '../seed.js';
 import { quarantineCommands } from './quarantine-commands.js';
+import { lifecycleCommands } from './lifecycle-commands.js';
 import { databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
 
 /** Exit statuses, stable for schedulers. */
@@ -27,6 +28,25 @@ Commands:
                              list rows that could not be rewrapped, with their reasons
   quarantine retry (--id N... | --matter ID | --all)
                              release quarantined rows so the next rotate reads them again
+  keys create --matter M     create a KEK for one matter (tag matter=M, alias/rewrap/matter/M)
+  keys list                  list recorded keys with matter, KMS state and age in days
+  plan --matter M --to KEY [--kms-quota RPS] [--cross-matter FROM:TO]
+                             dry run: rows per source KEK, estimated time, permission checks
+  verify (--matter M... | --all) --kek OLD [--sample N]
+                             check no row is left on OLD and a sample of N rows unwraps (default 100)
+  retire --kek OLD [--pending-days D] [--dry-run]
+                             disable OLD and schedule its deletion in D days (7-30, default 30)
+  shred --matter M [--pending-days D]
+                             schedule deletion of the matter's KEK and mark the matter shredded
+  emergency --compromised KEY --since TIME [--kms-quota RPS] [--stop-after STEP]
+                             revoke, replace, rewrap, verify, retire KEY and report its exposure;
+                             a rerun resumes at the step that did not finish
+  exposure --kek KEY --since TIME [--until TIME] [--format json|markdown]
+                             which matters and tokens were decrypted under KEY, by whom
+  policy check --policy FILE exit 1 when a key is older than its class's maximum age in days
+  audit verify | audit export [--out FILE]
+                             check the audit trail's chain and MACs, or write it as JSON lines
+  (lifecycle commands take --table NAME, repeatable, for the vault tables to check; default public.vault)
 
 Common options:
   --database-url URL   PostgreSQL connection string (default: DATABASE_URL)
@@ -214,6 +234,7 @@ const commands: Record<string, (argv: string[], logger: Logger) => Promise<numbe
   rotate: commandRotate,
   'kms-emulator': commandEmulator,
   ...quarantineCommands,
+  ...lifecycleCommands,
 };
 
 export async function main(argv: string[]): Promise<number> {
