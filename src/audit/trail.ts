@@ -156,7 +156,8 @@ export class AuditTrail {
   /** Reads every record in sequence order. */
   async records(): Promise<AuditRecord[]> {
     const { rows } = await this.pool.query<AuditRow>(
-      'SELECT seq::text, recorded_at, action, actor, details, prev_hash, hash, mac, mac_key_arn FROM rewrap.audit ORDER BY seq',
+      // Ordered by the bigint column: the text alias "seq" would sort 10 before 2.
+      'SELECT a.seq::text AS seq, recorded_at, action, actor, details, prev_hash, hash, mac, mac_key_arn FROM rewrap.audit a ORDER BY a.seq',
     );
     return rows.map(fromRow);
   }

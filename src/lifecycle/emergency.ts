@@ -61,7 +61,7 @@ export async function runEmergency(context: LifecycleContext, options: Emergency
   const { pool, logger } = context;
 
   const open = await pool.query<{ id: string; since: Date }>(
-    `SELECT id::text, since FROM rewrap.emergency_runs WHERE compromised_kek = $1 AND status <> 'done' ORDER BY id DESC LIMIT 1`,
+    `SELECT r.id::text AS id, r.since FROM rewrap.emergency_runs r WHERE r.compromised_kek = $1 AND r.status <> 'done' ORDER BY r.id DESC LIMIT 1`,
     [compromisedArn],
   );
   let runId: string;
