@@ -3,11 +3,13 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { initSchema, schemaVersion } from '../db/schema.js';
 import { createKmsClient } from '../kms/client.js';
+import { defaultKmsTransport, kmsTransportNames, type KmsTransportName } from '../kms/transport/index.js';
 import { startEmulator } from '../kms/emulator/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { rotate, RotateUsageError, ScopeBusyError, type RotateSummary } from '../rotate/engine.js';
 import { seedVault } from '../seed.js';
 import { quarantineCommands } from './quarantine-commands.js';
+import { commandRotateJob, fleetCommands } from './fleet-commands.js';
 import { lifecycleCommands } from './lifecycle-commands.js';
 import { databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
 
@@ -24,6 +26,12 @@ Commands:
   rotate (--matter ID... | --all) --to KEY
                              rewrap the scope's DEKs under KEY (key id, ARN or alias)
   kms-emulator               run the KMS emulator (AWS KMS JSON protocol over HTTP)
+  job create (--matter ID... | --all) --to KEY [--partitions N]
+                             split a rotation into key-range partitions (default 16); prints the job id
+  rotate --job J [--redis URL] [--kms-quota RPS] [--lease-seconds S]
+                             run one of any number of processes of job J; with --redis every process
+                             shares one bucket of RPS, else each takes RPS / live processes
+  status --job J [--json]    show a job's partitions, owners, leases, progress, rate and ETA
   quarantine list [--matter ID] [--json]
                              list rows that could not be rewrapped, with their reasons
   quarantine retry (--id N... | --matter ID | --all)
@@ -57,6 +65,7 @@ rotate options:
   --kms-quota RPS      KMS requests per second the job may send (default 10000; "unlimited")
   --workers N          worker threads (default: available cores)
   --mode MODE          reencrypt (default) or decrypt-encrypt
+  --kms-transport T    KMS client: signed-undici (default), sdk-undici or sdk
   --batch-size N       rows per worker task (default 50)
   --max-in-flight N    KMS requests in flight; size to quota x round-trip seconds
   --drain-timeout S    seconds to finish in-flight work after SIGTERM/SIGINT (default 30)
@@ -128,6 +137,7 @@ function printSummary(summary: RotateSummary, json: boolean): void {
 }
 
 async function commandRotate(argv: string[], logger: Logger): Promise<number> {
+  if (argv.some((arg) => arg === '--job' || arg.startsWith('--job='))) return commandRotateJob(argv, logger);
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -140,6 +150,7 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
       to: { type: 'string' },
       workers: { type: 'string' },
       mode: { type: 'string' },
+      'kms-transport': { type: 'string' },
       'batch-size': { type: 'string' },
       'max-in-flight': { type: 'string' },
       'drain-timeout': { type: 'string' },
@@ -153,6 +164,10 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
   const mode = values.mode ?? 'reencrypt';
   if (mode !== 'reencrypt' && mode !== 'decrypt-encrypt') {
     throw new UsageError(`invalid --mode "${mode}": expected reencrypt or decrypt-encrypt`);
+  }
+  const kmsTransport = values['kms-transport'] ?? defaultKmsTransport;
+  if (!(kmsTransportNames as readonly string[]).includes(kmsTransport)) {
+    throw new UsageError(`invalid --kms-transport "${kmsTransport}": expected ${kmsTransportNames.join(', ')}`);
   }
   const drainSeconds = parsePositive(values['drain-timeout'], '--drain-timeout', 30);
 
@@ -178,6 +193,7 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
     quota: parsePositive(values['kms-quota'], '--kms-quota', 10_000, true),
     workers: values.workers === undefined ? undefined : parseInteger(values.workers, '--workers', 1),
     mode,
+    kmsTransport: kmsTransport as KmsTransportName,
     batchSize: values['batch-size'] === undefined ? undefined : parseInteger(values['batch-size'], '--batch-size', 1),
     maxInFlight: values['max-in-flight'] === undefined ? undefined : parseInteger(values['max-in-flight'], '--max-in-flight', 1),
     logger,
@@ -234,6 +250,7 @@ const commands: Record<string, (argv: string[], logger: Logger) => Promise<numbe
   rotate: commandRotate,
   'kms-emulator': commandEmulator,
   ...quarantineCommands,
+  ...fleetCommands,
   ...lifecycleCommands,
 };
 
