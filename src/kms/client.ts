@@ -2,6 +2,7 @@ import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { KMSClient, type KMSClientConfig } from '@aws-sdk/client-kms';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { HttpHandler } from '@smithy/protocol-http';
 
 export interface KmsConnectionOptions {
   /** KMS endpoint URL; unset means the SDK's regional AWS endpoint. */
@@ -14,12 +15,24 @@ export interface KmsConnectionOptions {
   requestTimeoutMs?: number | undefined;
 }
 
-/** Credentials used against a loopback emulator when the environment has none. */
-const emulatorCredentials = { accessKeyId: 'AKIAREWRAPEMULATOR', secretAccessKey: 'emulator-does-not-check' };
+export interface KmsClientOptions extends KmsConnectionOptions {
+  /** Request handler in place of the default keep-alive `NodeHttpHandler`. */
+  requestHandler?: HttpHandler<Record<string, never>> | undefined;
+  /** Reuses each command's resolved middleware stack instead of building it on every call. */
+  cacheMiddleware?: boolean | undefined;
+}
 
-function isLoopbackEndpoint(endpoint: string): boolean {
+/** Credentials used against a loopback emulator when the environment has none. */
+export const emulatorCredentials = { accessKeyId: 'AKIAREWRAPEMULATOR', secretAccessKey: 'emulator-does-not-check' };
+
+export function isLoopbackEndpoint(endpoint: string): boolean {
   const host = new URL(endpoint).hostname;
   return host === '127.0.0.1' || host === 'localhost' || host === '[::1]';
+}
+
+/** Returns the region to use: the given one, else `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1`. */
+export function kmsRegion(region?: string): string {
+  return region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
 }
 
 /**
@@ -31,19 +44,22 @@ function isLoopbackEndpoint(endpoint: string): boolean {
  * Credentials come from the SDK's default chain. Against an emulator on
  * loopback with no `AWS_ACCESS_KEY_ID` set, fixed dummy credentials are used.
  */
-export function createKmsClient(options: KmsConnectionOptions = {}): KMSClient {
+export function createKmsClient(options: KmsClientOptions = {}): KMSClient {
   const maxSockets = options.maxSockets ?? 64;
   const agentOptions = { keepAlive: true, maxSockets, maxFreeSockets: maxSockets };
   const config: KMSClientConfig = {
-    region: options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+    region: kmsRegion(options.region),
     maxAttempts: 1,
-    requestHandler: new NodeHttpHandler({
-      httpAgent: new HttpAgent(agentOptions),
-      httpsAgent: new HttpsAgent(agentOptions),
-      requestTimeout: options.requestTimeoutMs ?? 15_000,
-      connectionTimeout: 5_000,
-    }),
+    requestHandler:
+      options.requestHandler ??
+      new NodeHttpHandler({
+        httpAgent: new HttpAgent(agentOptions),
+        httpsAgent: new HttpsAgent(agentOptions),
+        requestTimeout: options.requestTimeoutMs ?? 15_000,
+        connectionTimeout: 5_000,
+      }),
   };
+  if (options.cacheMiddleware === true) config.cacheMiddleware = true;
   if (options.endpoint !== undefined) {
     config.endpoint = options.endpoint;
     if (isLoopbackEndpoint(options.endpoint) && process.env.AWS_ACCESS_KEY_ID === undefined) {

@@ -4,6 +4,7 @@ import { DescribeKeyCommand, type KMSClient } from '@aws-sdk/client-kms';
 import pg from 'pg';
 import { Piscina } from 'piscina';
 import { classifyKmsError, createKmsClient } from '../kms/client.js';
+import type { KmsTransportName } from '../kms/transport/types.js';
 import { defaultVaultTable, quoteVaultTable, type VaultTable } from '../db/table.js';
 import type { Logger } from '../log.js';
 import { QuotaLimiter, type RequestLimiter } from './limiter.js';
@@ -60,6 +61,10 @@ export interface RotateOptions {
   retryBudget?: number | undefined;
   /** Testing only: makes workers throw or exit at the given rates. */
   workerFaults?: WorkerConfig['faultInjection'];
+  /** Testing only: share of COPY flushes whose input fails halfway. */
+  copyFailureRate?: number | undefined;
+  /** KMS client implementation the workers use; unset means `defaultKmsTransport`. */
+  kmsTransport?: KmsTransportName | undefined;
   logger: Logger;
   signal?: AbortSignal | undefined;
   /**
@@ -69,7 +74,7 @@ export interface RotateOptions {
   audit?: ((event: RotateAuditEvent) => Promise<void>) | undefined;
 }
 
-/** What `RotateOptions.audit` receives: the job's scope at start, its summary at finish. */
+/** Event passed to `RotateOptions.audit`: the job's scope at start, its summary at finish. */
 export type RotateAuditEvent =
   | { type: 'rotate.start'; jobId: string; table: string; matters: string[] | null; target: string }
   | { type: 'rotate.finish'; jobId: string; table: string; matters: string[] | null; summary: RotateSummary };
@@ -242,6 +247,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       requestTimeoutMs: options.kmsRequestTimeoutMs ?? 15_000,
       mode,
       faultInjection: options.workerFaults,
+      transport: options.kmsTransport,
     };
     const { filename, execArgv } = workerFile();
     piscina = options.workerPool ?? new Piscina({
@@ -257,7 +263,16 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     });
     if (options.workerPool === undefined) piscina.on('error', (error) => logger.error({ event: 'pool.error', jobId, err: error }, 'worker pool error'));
 
-    writer = new Writer({ pool, table: quoted, tableName: table.name, jobId, targetKek: target, logger });
+    const copyFailureRate = options.copyFailureRate ?? 0;
+    writer = new Writer({
+      pool,
+      table: quoted,
+      tableName: table.name,
+      jobId,
+      targetKek: target,
+      logger,
+      injectCopyFault: copyFailureRate > 0 ? () => Math.random() < copyFailureRate : undefined,
+    });
     const tracker = new CheckpointTracker();
     let scannedSinceFlush = 0;
     const flushQueue = new FlushQueue({
@@ -451,7 +466,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
           tableName: table.name,
           matters: options.matters,
           target,
-          pageSize: options.pageSize ?? 10_000,
+          pageSize: options.pageSize ?? defaultPageSize(options.quota),
           fetchSize: 1_000,
           chunkSize: 500,
           startKey: pass === 1 ? (resumeKey ?? options.startKey ?? null) : (options.startKey ?? null),
@@ -561,6 +576,15 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     await pool.end();
     kms.destroy();
   }
+}
+
+/**
+ * Rows per keyset page: about two seconds of work at the quota, so that the
+ * page's statement, and its snapshot, stays short even when the rate is low.
+ */
+function defaultPageSize(quota: number): number {
+  if (!Number.isFinite(quota)) return 10_000;
+  return Math.max(1_000, Math.min(20_000, Math.round(quota * 2)));
 }
 
 /** Returns why a blob cannot be sent to the KMS, or null when it can. */

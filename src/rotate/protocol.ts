@@ -4,6 +4,8 @@
  * with either a new blob or an error name.
  */
 
+import type { KmsTransportName } from '../kms/transport/types.js';
+
 export type KmsMode = 'reencrypt' | 'decrypt-encrypt';
 
 export interface WorkerConfig {
@@ -13,6 +15,8 @@ export interface WorkerConfig {
   maxSockets: number;
   requestTimeoutMs: number;
   mode: KmsMode;
+  /** KMS client implementation; unset means the default transport. */
+  transport?: KmsTransportName | undefined;
   /**
    * Testing only: probability per task that the worker throws, or exits its
    * thread, before sending any request. Used to prove that such batches are

@@ -1,20 +1,19 @@
-import { DecryptCommand, EncryptCommand, ReEncryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import { workerData } from 'node:worker_threads';
 import { rowContext } from '../envelope.js';
-import { createKmsClient } from '../kms/client.js';
+import { createKmsTransport, defaultKmsTransport, type KmsTransport } from '../kms/transport/index.js';
 import type { RewrapTask, RewrapTaskResult, RewrapTaskRow, WorkerConfig } from './protocol.js';
 
 const config = workerData as WorkerConfig;
-let client: KMSClient | null = null;
+let transport: KmsTransport | null = null;
 
-function kms(): KMSClient {
-  client ??= createKmsClient({
+function kms(): KmsTransport {
+  transport ??= createKmsTransport(config.transport ?? defaultKmsTransport, {
     endpoint: config.endpoint,
     region: config.region,
     maxSockets: config.maxSockets,
     requestTimeoutMs: config.requestTimeoutMs,
   });
-  return client;
+  return transport;
 }
 
 interface RowOutcome {
@@ -37,16 +36,13 @@ function failure(error: unknown, requests: number): RowOutcome {
 async function reencrypt(target: string, row: RewrapTaskRow): Promise<RowOutcome> {
   const context = rowContext(row.matter, row.token);
   try {
-    const output = await kms().send(
-      new ReEncryptCommand({
-        CiphertextBlob: row.blob,
-        SourceKeyId: row.sourceKek,
-        SourceEncryptionContext: context,
-        DestinationKeyId: target,
-        DestinationEncryptionContext: context,
-      }),
-    );
-    if (output.CiphertextBlob === undefined) return failure({ name: 'EmptyResponse' }, 1);
+    const output = await kms().reEncrypt({
+      CiphertextBlob: row.blob,
+      SourceKeyId: row.sourceKek,
+      SourceEncryptionContext: context,
+      DestinationKeyId: target,
+      DestinationEncryptionContext: context,
+    });
     return { blob: output.CiphertextBlob, keyId: output.KeyId ?? null, error: null, status: null, requests: 1 };
   } catch (error) {
     return failure(error, 1);
@@ -58,19 +54,13 @@ async function decryptEncrypt(target: string, row: RewrapTaskRow): Promise<RowOu
   const context = rowContext(row.matter, row.token);
   let plaintext: Uint8Array | undefined;
   try {
-    const decrypted = await kms().send(
-      new DecryptCommand({ CiphertextBlob: row.blob, KeyId: row.sourceKek, EncryptionContext: context }),
-    );
+    const decrypted = await kms().decrypt({ CiphertextBlob: row.blob, KeyId: row.sourceKek, EncryptionContext: context });
     plaintext = decrypted.Plaintext;
-    if (plaintext === undefined) return failure({ name: 'EmptyResponse' }, 1);
   } catch (error) {
     return failure(error, 1);
   }
   try {
-    const encrypted = await kms().send(
-      new EncryptCommand({ KeyId: target, Plaintext: plaintext, EncryptionContext: context }),
-    );
-    if (encrypted.CiphertextBlob === undefined) return failure({ name: 'EmptyResponse' }, 2);
+    const encrypted = await kms().encrypt({ KeyId: target, Plaintext: plaintext, EncryptionContext: context });
     return { blob: encrypted.CiphertextBlob, keyId: encrypted.KeyId ?? null, error: null, status: null, requests: 2 };
   } catch (error) {
     return failure(error, 2);
