@@ -84,7 +84,7 @@ export interface AuditTrailOptions {
   pool: pg.Pool;
   kms: KMSClient;
   logger: Logger;
-  /** Who the records name as actor; the KMS access key id by default. */
+  /** Actor named by the records; the KMS access key id by default. */
   actor?: string | undefined;
 }
 

@@ -18,25 +18,24 @@ export class EmulatorKeyAccess implements KeyAccessControl {
       body: JSON.stringify({ KeyId: keyArn, Principals: principals }),
     });
     if (!response.ok) {
-      throw new Error(`KMS emulator at ${this.endpoint} answered HTTP ${response.status} to PUT /_emulator/key-access for ${keyArn}; is it a rewrap KMS emulator?`);
+      throw new Error(`KMS emulator at ${this.endpoint} returned HTTP ${response.status} for PUT /_emulator/key-access for ${keyArn}; is it a rewrap KMS emulator?`);
     }
   }
 }
 
 /**
- * NOTE: not implemented. Against AWS KMS, revoking a key for application
- * use means GetKeyPolicy, then PutKeyPolicy with a statement that denies
- * kms:Decrypt, kms:ReEncryptFrom, kms:GenerateDataKey* and kms:Encrypt to
- * every principal except the rotation role (a Deny with a
- * `StringNotEquals aws:PrincipalArn` condition), plus ListGrants and
- * RevokeGrant for each grant that names an application principal. The
- * rotation role needs kms:GetKeyPolicy, kms:PutKeyPolicy, kms:ListGrants and
- * kms:RevokeGrant on the key, and principals are role ARNs, not access key ids.
+ * NOTE: not implemented, so `emergency` against AWS KMS fails at its first step.
+ * The AWS version needs GetKeyPolicy, then PutKeyPolicy with a Deny of
+ * kms:Decrypt, kms:ReEncryptFrom, kms:Encrypt and kms:GenerateDataKey* under
+ * a `StringNotEquals aws:PrincipalArn` condition naming the rotation role.
+ * It also needs ListGrants and RevokeGrant for every grant to an application
+ * principal. The rotation role then needs kms:GetKeyPolicy, kms:PutKeyPolicy,
+ * kms:ListGrants and kms:RevokeGrant, and principals are role ARNs, not access key ids.
  */
 export class AwsKeyAccess implements KeyAccessControl {
   restrictTo(keyArn: string): Promise<void> {
     return Promise.reject(
-      new Error(`revoking application access to ${keyArn} is implemented for the KMS emulator only; change the key policy by hand and rerun with --skip-revoke`),
+      new Error(`revoking application access to ${keyArn} is implemented for the rewrap KMS emulator only; deny every principal except the rotation role in the key policy by hand`),
     );
   }
 }

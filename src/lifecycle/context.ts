@@ -6,7 +6,7 @@ import { defaultVaultTable, type VaultTable } from '../db/table.js';
 import { createKmsClient } from '../kms/client.js';
 import type { Logger } from '../log.js';
 
-/** What every lifecycle command works with: the database, the KMS, the vault tables and the audit trail. */
+/** Database pool, KMS client, vault tables and audit trail shared by the lifecycle commands. */
 export interface LifecycleContext {
   databaseUrl: string;
   pool: pg.Pool;

@@ -68,7 +68,7 @@ export async function runEmergency(context: LifecycleContext, options: Emergency
   let since = options.since;
   if (open.rows[0] !== undefined) {
     runId = open.rows[0].id;
-    // The first run's window stands, so that the report covers the same period however often the runbook resumes.
+    // The first run's window is kept, so that the report covers the same period however often the runbook resumes.
     since = open.rows[0].since;
   } else {
     const inserted = await pool.query<{ id: string }>(
@@ -231,7 +231,7 @@ async function rewrapAll(context: LifecycleContext, compromisedArn: string, repl
   return { jobs };
 }
 
-/** The fields of a rotation event that go into the audit trail. */
+/** Selects the fields of a rotation event that go into the audit trail. */
 export function auditDetails(event: RotateAuditEvent): Record<string, unknown> {
   if (event.type === 'rotate.start') {
     return { jobId: event.jobId, table: event.table, matters: event.matters ?? 'all', target: event.target };

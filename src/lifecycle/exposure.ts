@@ -10,7 +10,7 @@ export interface KmsTrailEvent {
   errorCode?: string | undefined;
 }
 
-/** Where KMS request events come from. */
+/** Source of KMS request events. */
 export interface KmsEventSource {
   /** Events in `[since, until)`, in any order. */
   events(since: Date, until: Date): Promise<KmsTrailEvent[]>;
@@ -23,7 +23,7 @@ export class EmulatorEventSource implements KmsEventSource {
   async events(since: Date, until: Date): Promise<KmsTrailEvent[]> {
     const response = await fetch(new URL('/_emulator/request-log', this.endpoint));
     if (!response.ok) {
-      throw new Error(`KMS emulator at ${this.endpoint} answered HTTP ${response.status} to GET /_emulator/request-log; is it a rewrap KMS emulator?`);
+      throw new Error(`KMS emulator at ${this.endpoint} returned HTTP ${response.status} for GET /_emulator/request-log; is it a rewrap KMS emulator?`);
     }
     const events = (await response.json()) as KmsTrailEvent[];
     return events.filter((event) => {

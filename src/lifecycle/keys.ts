@@ -29,7 +29,7 @@ export interface KeyRecordRow {
   retiredAt: Date | null;
 }
 
-/** The matter's live KEK from `rewrap.keys`, or null. */
+/** Reads the matter's live KEK from `rewrap.keys`; returns null when it has none. */
 export async function liveMatterKey(pool: pg.Pool, matter: string): Promise<KeyRecordRow | null> {
   const { rows } = await pool.query<{ key_arn: string; key_class: KeyClass; matter_id: string | null; alias_name: string | null; created_at: Date; retired_at: Date | null }>(
     `SELECT key_arn, key_class, matter_id, alias_name, created_at, retired_at FROM rewrap.keys
@@ -41,7 +41,7 @@ export async function liveMatterKey(pool: pg.Pool, matter: string): Promise<KeyR
   return { keyArn: row.key_arn, keyClass: row.key_class, matter: row.matter_id, aliasName: row.alias_name, createdAt: row.created_at, retiredAt: row.retired_at };
 }
 
-/** Every key in `rewrap.keys`, oldest first. */
+/** Reads every key in `rewrap.keys`, oldest first. */
 export async function recordedKeys(pool: pg.Pool): Promise<KeyRecordRow[]> {
   const { rows } = await pool.query<{ key_arn: string; key_class: KeyClass; matter_id: string | null; alias_name: string | null; created_at: Date; retired_at: Date | null }>(
     'SELECT key_arn, key_class, matter_id, alias_name, created_at, retired_at FROM rewrap.keys ORDER BY created_at, key_arn',

@@ -57,7 +57,7 @@ export interface KeyAge {
   ageDays: number;
   maxAgeDays: number | null;
   overdue: boolean;
-  /** Where the key was found: rewrap.keys, or a vault table's KEK column. */
+  /** Origin of the entry: a `rewrap.keys` record, or a vault table's KEK column. */
   source: 'record' | 'vault';
 }
 

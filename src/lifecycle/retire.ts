@@ -30,7 +30,7 @@ export interface RetireResult {
   keyArn: string;
   pendingDays: number;
   dryRun: boolean;
-  /** What was done, or with `dryRun` what would be done, in order. */
+  /** Actions taken, or with `dryRun` the actions that would be taken, in order. */
   actions: string[];
   deletionDate: string | null;
   counts: TableCount[];
