@@ -160,9 +160,30 @@ describe('emergency', () => {
     expect(actions[actions.length - 1]).toBe('emergency.finish');
   });
 
+  it('rejects a rerun after it finished', async () => {
+    await expect(runEmergency(context, options())).rejects.toThrow(/already replaced/);
+  });
+
   it('allows only the rotation principal', async () => {
     const principal = await kmsPrincipal(context.kms);
     const record = kms.emulator.store.resolveKey(compromised);
     expect(record.allowedPrincipals).toEqual([principal]);
+  });
+});
+
+describe('emergency after a failed step', () => {
+  it('resumes at the failed step', async () => {
+    const second = (await rowsOfMatter('matter-0002', 1))[0]!.kek_id;
+    const run = { ...options(), compromised: second };
+    kms.emulator.configure({ faults: { CreateKey: { errorRate: 1, errorName: 'KMSInternalException', errorStatus: 500 } } });
+    const error = await runEmergency(context, run).catch((caught: unknown) => caught);
+    kms.emulator.configure({ faults: {} });
+    expect((error as Error).name).toBe('EmergencyStepError');
+    expect((error as Error).message).toMatch(/step replace/);
+
+    const result = await runEmergency(context, run);
+    expect(result.resumedFrom).toBe('replace');
+    expect(result.ran[0]).toBe('replace');
+    expect(result.status).toBe('done');
   });
 });

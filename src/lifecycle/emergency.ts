@@ -71,6 +71,16 @@ export async function runEmergency(context: LifecycleContext, options: Emergency
     // The first run's window is kept, so that the report covers the same period however often the runbook resumes.
     since = open.rows[0].since;
   } else {
+    const finished = await pool.query<{ id: string }>(
+      `SELECT r.id::text AS id FROM rewrap.emergency_runs r WHERE r.compromised_kek = $1 AND r.status = 'done' ORDER BY r.id DESC LIMIT 1`,
+      [compromisedArn],
+    );
+    if (finished.rows[0] !== undefined && metadata.KeyState === 'PendingDeletion') {
+      throw new Error(
+        `emergency run ${finished.rows[0].id} already replaced ${compromisedArn} and scheduled its deletion; ` +
+          `run "rewrap exposure --kek ${compromisedArn}" for a newer report`,
+      );
+    }
     const inserted = await pool.query<{ id: string }>(
       `INSERT INTO rewrap.emergency_runs (compromised_kek, since, status) VALUES ($1, $2, 'running') RETURNING id::text`,
       [compromisedArn, options.since],
