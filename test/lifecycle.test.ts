@@ -224,6 +224,14 @@ describe('shred', () => {
     expect(await keyState(shared)).toBe('Enabled');
   });
 
+  it('refuses rows off the recorded KEK', async () => {
+    const recorded = await createMatterKey(context, 'matter-0001');
+    const error = await shredMatter(context, { matter: 'matter-0001' }).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(KeyInUseError);
+    expect((error as Error).message).toMatch(new RegExp(`not its recorded KEK ${recorded.keyArn}`));
+    expect(await keyState(recorded.keyArn)).toBe('Enabled');
+  });
+
   it('schedules deletion of a dedicated KEK', async () => {
     const kek = keks.get('matter-0003')!;
     const result = await shredMatter(context, { matter: 'matter-0003', pendingDays: 7 });
@@ -311,5 +319,20 @@ describe('cli', () => {
   it('logs no wrapped key or MAC', () => {
     const text = log.text();
     expect(text).not.toMatch(/"(wrappedKey|wrapped_key|Plaintext|CiphertextBlob|Mac)"/);
+  });
+});
+
+describe('audit of lifecycle actions', () => {
+  it('records every action', async () => {
+    const actions = new Set((await context.audit.records()).map((record) => record.action));
+    for (const action of ['key.create', 'key.retire', 'matter.shred', 'rotation.verify', 'policy.check']) {
+      expect(actions.has(action), action).toBe(true);
+    }
+  });
+
+  it('verifies after every command', async () => {
+    const result = await context.audit.verify();
+    expect(result.firstBroken).toBeUndefined();
+    expect(result.ok).toBe(true);
   });
 });

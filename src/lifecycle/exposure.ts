@@ -116,6 +116,13 @@ export async function exposureReport(
 ): Promise<ExposureReport> {
   context.logger.info({ event: 'exposure.start', kekArn, since: since.toISOString(), until: until.toISOString() }, 'building exposure report');
   const report = buildExposureReport(kekArn, since, until, await source.events(since, until));
+  await context.audit.append('exposure.report', {
+    kekArn,
+    since: report.since,
+    until: report.until,
+    entries: report.exposures.length,
+    matters: report.matters.length,
+  });
   context.logger.info({ event: 'exposure.done', kekArn, entries: report.exposures.length, matters: report.matters.length }, 'exposure report built');
   return report;
 }

@@ -110,6 +110,7 @@ export async function checkPolicy(context: LifecycleContext, policy: KeyPolicy, 
     });
   }
   const overdue = keys.filter((key) => key.overdue);
+  await context.audit.append('policy.check', { keys: keys.length, overdue: overdue.map((key) => key.keyArn) });
   context.logger.info({ event: 'policy.check.done', keys: keys.length, overdue: overdue.length }, 'key policy checked');
   return { ok: overdue.length === 0, keys, overdue };
 }

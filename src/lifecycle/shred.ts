@@ -19,7 +19,8 @@ export interface ShredResult {
  * Crypto-shreds a matter: schedules deletion of its KEK and records the
  * matter in `rewrap.shredded_matters`. Once the KMS deletes the key, no DEK
  * of the matter can be unwrapped again. Throws `KeyInUseError` when the KEK
- * also wraps another matter's DEKs.
+ * also wraps another matter's DEKs, or when rows of the matter are wrapped
+ * under a key other than its recorded KEK.
  */
 export async function shredMatter(context: LifecycleContext, options: ShredOptions): Promise<ShredResult> {
   const { matter } = options;
@@ -28,8 +29,17 @@ export async function shredMatter(context: LifecycleContext, options: ShredOptio
   checkPendingDays(pendingDays);
 
   let keyArn = (await liveMatterKey(context.pool, matter))?.keyArn;
-  if (keyArn === undefined) {
-    const keks = await keksOfMatter(context.pool, context.tables, matter);
+  const keks = await keksOfMatter(context.pool, context.tables, matter);
+  if (keyArn !== undefined) {
+    // Deleting the recorded KEK shreds nothing while the matter's rows are wrapped under another key.
+    const stray = keks.filter((kek) => kek !== keyArn);
+    if (stray.length > 0) {
+      throw new KeyInUseError(
+        `refusing to shred matter ${matter}: some of its rows are wrapped under ${stray.join(', ')}, not its recorded KEK ${keyArn}; ` +
+          `rotate them first with "rewrap rotate --matter ${matter} --to ${keyArn}", then shred again`,
+      );
+    }
+  } else {
     if (keks.length === 0) {
       throw new Error(`matter ${matter} has no KEK: it is not in rewrap.keys and no row of it is in ${context.tables.map((t) => t.name).join(', ')}`);
     }

@@ -66,6 +66,14 @@ export async function verifyRotation(context: LifecycleContext, options: VerifyO
     }
   }
   const ok = totalRows(remaining) === 0 && failures.length === 0;
+  await context.audit.append('rotation.verify', {
+    kekArn,
+    matters: options.matters ?? 'all',
+    ok,
+    remaining: totalRows(remaining),
+    sampled: rows.length,
+    failed: failures.length,
+  });
   context.logger.info({ event: 'verify.done', kekArn, ok, remaining: totalRows(remaining), sampled: rows.length, failed: failures.length }, 'verification finished');
   return { ok, kekArn, remaining, sampled: rows.length, failures };
 }
