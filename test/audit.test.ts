@@ -1,7 +1,11 @@
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { DescribeKeyCommand } from '@aws-sdk/client-kms';
 import pg from 'pg';
 import { AuditTrail, genesisHash, recordHash } from '../src/audit/trail.js';
+import { lifecycleCommands } from '../src/cli/lifecycle-commands.js';
 import { createTestDatabase, type TestDatabase } from './helpers/db.js';
 import { startTestKms, type TestKms } from './helpers/kms.js';
 import { captureLogger } from './helpers/log.js';
@@ -129,3 +133,28 @@ describe('audit trail', () => {
     expect(result.records).toBe(11);
   });
 });
+
+describe('audit commands', () => {
+  beforeEach(freshTrail);
+
+  const cli = (args: string[]) => lifecycleCommands.audit!([...args, '--database-url', db.url, '--kms-endpoint', kms.emulator.url], captureLogger().logger);
+
+  it('verify exits 0 when intact', async () => {
+    expect(await cli(['verify', '--json'])).toBe(0);
+  });
+
+  it('verify exits 1 when tampered', async () => {
+    await db.client.query('DELETE FROM rewrap.audit WHERE seq = 5');
+    expect(await cli(['verify', '--json'])).toBe(1);
+  });
+
+  it('export writes records, then the head', async () => {
+    const file = join(await mkdtemp(join(tmpdir(), 'rewrap-audit-')), 'audit.jsonl');
+    expect(await cli(['export', '--out', file])).toBe(0);
+    const lines = (await readFile(file, 'utf8')).trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines.length).toBe(6);
+    expect(lines.slice(0, 5).map((line) => line.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect((lines[5]!.head as { seq: number }).seq).toBe(5);
+  });
+});
+

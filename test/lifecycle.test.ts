@@ -316,6 +316,16 @@ describe('cli', () => {
     }
   });
 
+  it('verify exits 0 after rotation', async () => {
+    const args = ['--matter', 'matter-0002', '--kek', keks.get('matter-0002')!, '--sample', '5', '--database-url', db.url, '--kms-endpoint', kms.emulator.url];
+    expect(await lifecycleCommands.verify!(args, log.logger)).toBe(0);
+  });
+
+  it('verify exits 1 with rows left', async () => {
+    const args = ['--matter', 'matter-0001', '--kek', keks.get('matter-0001')!, '--database-url', db.url, '--kms-endpoint', kms.emulator.url];
+    expect(await lifecycleCommands.verify!(args, log.logger)).toBe(1);
+  });
+
   it('logs no wrapped key or MAC', () => {
     const text = log.text();
     expect(text).not.toMatch(/"(wrappedKey|wrapped_key|Plaintext|CiphertextBlob|Mac)"/);
