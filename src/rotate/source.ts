@@ -84,37 +84,52 @@ export async function* readScope(options: SourceOptions): AsyncGenerator<SourceR
     let client: pg.PoolClient | undefined;
     let pageRows = 0;
     let failure: Error | undefined;
+    let completed = false;
     let chunk: SourceRow[] = [];
     try {
       client = await options.pool.connect();
       const stream = new QueryStream(sql, params, { batchSize: options.fetchSize });
-      // A backend that dies mid-stream reports on the client; forward it into
-      // the stream so that the loop below ends instead of waiting forever.
-      const forward = (error: Error) => stream.destroy(error);
-      client.on('error', forward);
+      // A stream destroyed on a dead connection waits forever for its cursor
+      // to close, so its error never arrives. A failure of the client itself
+      // therefore ends the read directly, racing every step of the stream.
+      let rejectOnClientFailure!: (error: Error) => void;
+      const clientFailed = new Promise<never>((_, reject) => {
+        rejectOnClientFailure = reject;
+      });
+      clientFailed.catch(() => undefined);
+      const onError = (error: Error) => rejectOnClientFailure(error);
+      const onEnd = () => rejectOnClientFailure(new Error('database connection ended during a page read'));
+      client.on('error', onError);
+      client.on('end', onEnd);
+      const rows = stream[Symbol.asyncIterator]() as AsyncIterator<SourceRow>;
       try {
         client.query(stream);
-        for await (const row of stream as AsyncIterable<SourceRow>) {
-          chunk.push(row);
+        for (;;) {
+          const next = await Promise.race([rows.next(), clientFailed]);
+          if (next.done === true) break;
+          chunk.push(next.value);
           pageRows += 1;
           if (chunk.length >= options.chunkSize) {
             const ready = chunk;
             chunk = [];
             nextKey = (BigInt(ready[ready.length - 1]!.key) + 1n).toString();
             yield ready;
-            if (BigInt(nextKey) > maxBigint) return;
             attempt = 0;
+            if (BigInt(nextKey) > maxBigint) break;
           }
         }
+        completed = true;
       } finally {
-        client.off('error', forward);
+        client.off('error', onError);
+        client.off('end', onEnd);
+        // Not awaited: on a dead connection the cursor's close never answers.
         if (!stream.destroyed) stream.destroy();
       }
     } catch (error) {
       failure = error as Error;
     } finally {
-      // A client whose stream failed is destroyed rather than returned to the pool.
-      client?.release(failure ?? false);
+      // A client whose page did not complete is destroyed, never returned to the pool.
+      client?.release(failure ?? (completed ? false : new Error('page read stopped early')));
     }
 
     if (failure !== undefined) {
@@ -134,8 +149,7 @@ export async function* readScope(options: SourceOptions): AsyncGenerator<SourceR
     if (chunk.length > 0) {
       nextKey = (BigInt(chunk[chunk.length - 1]!.key) + 1n).toString();
       yield chunk;
-      if (BigInt(nextKey) > maxBigint) return;
     }
-    if (pageRows < options.pageSize) return;
+    if (pageRows < options.pageSize || BigInt(nextKey) > maxBigint) return;
   }
 }

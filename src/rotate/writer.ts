@@ -47,6 +47,8 @@ export interface WriterOptions {
   targetKek: string;
   logger?: Logger | undefined;
   maxAttempts?: number;
+  /** Testing only: when it returns true, the COPY's input fails halfway through. */
+  injectCopyFault?: (() => boolean) | undefined;
 }
 
 const stagingTable = 'rewrap_staging';
@@ -73,6 +75,10 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 export class Writer {
   #options: WriterOptions;
   #client: pg.PoolClient | null = null;
+  /** Error the current client reported between or during queries; the client is discarded before the next flush. */
+  #clientError: Error | null = null;
+  /** COPY stream in progress, destroyed if the client fails so that the flush cannot wait forever. */
+  #activeSink: NodeJS.WritableStream & { destroy(error?: Error): void } | null = null;
   #updateSql: string;
 
   constructor(options: WriterOptions) {
@@ -95,8 +101,19 @@ export class Writer {
   }
 
   async #connect(): Promise<pg.PoolClient> {
+    if (this.#client !== null && this.#clientError !== null) {
+      this.#client.release(this.#clientError);
+      this.#client = null;
+    }
     if (this.#client !== null) return this.#client;
+    this.#clientError = null;
     const client = await this.#options.pool.connect();
+    // A checked-out client reports a lost backend only through this event.
+    client.on('error', (error) => {
+      this.#clientError = error;
+      this.#activeSink?.destroy(error);
+      this.#options.logger?.warn({ event: 'writer.connection.error', err: error, jobId: this.#options.jobId }, 'writer connection failed');
+    });
     try {
       await client.query(`
         CREATE TEMP TABLE IF NOT EXISTS ${stagingTable} (
@@ -188,9 +205,29 @@ export class Writer {
       );
     }
     parts.push(copyTrailer());
+    const body = Buffer.concat(parts);
     const sink = client.query(copyFrom(`COPY ${stagingTable} (id, old_kek, new_kek, old_blob, new_blob) FROM STDIN (FORMAT binary)`));
+    this.#activeSink = sink;
+    try {
+      await this.#feedCopy(sink, body);
+    } finally {
+      this.#activeSink = null;
+    }
+  }
+
+  async #feedCopy(sink: NodeJS.WritableStream, body: Buffer): Promise<void> {
+    if (this.#options.injectCopyFault?.() === true) {
+      const failing = new Readable({
+        read() {
+          this.push(body.subarray(0, body.length >> 1));
+          this.destroy(new Error('injected COPY input failure'));
+        },
+      });
+      await pipeline(failing, sink);
+      return;
+    }
     // The source is one in-memory buffer, so it cannot fail halfway and leave the COPY waiting.
-    await pipeline(Readable.from([Buffer.concat(parts)]), sink);
+    await pipeline(Readable.from([body]), sink);
   }
 
   async #quarantine(client: pg.PoolClient, rows: QuarantinedRow[]): Promise<void> {
