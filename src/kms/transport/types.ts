@@ -51,8 +51,8 @@ export interface PlaintextOutput {
  * A KMS client for ReEncrypt, Decrypt and Encrypt. Every implementation
  * throws errors of the same shape: `name` is the AWS error type (`__type`
  * without its namespace prefix) and `$metadata.httpStatusCode` the HTTP
- * status, or, for a request that got no response, `name` is a Node error
- * code such as `ECONNRESET` or `TimeoutError` with no status. No
+ * status. A request that got no response (reset socket, timeout) fails
+ * with `name` `TimeoutError`, no status, and the Node error code in `code`. No
  * implementation retries: every retry goes back through the job's limiter.
  */
 export interface KmsTransport {

@@ -12,16 +12,17 @@ export interface UndiciHandlerOptions {
 }
 
 /**
- * Maps an undici failure to the shape that `@smithy/node-http-handler` gives:
- * a socket failure becomes `ECONNRESET` and a timeout `TimeoutError`, so the
- * caller classifies both transports' failures alike.
+ * Maps an undici failure to the shape that the SDK (3.x with
+ * `@smithy/node-http-handler` 4.x) gives: a reset socket and a timeout both
+ * become `TimeoutError` with the Node code in `code`, so the caller
+ * classifies every transport's failures alike.
  */
 export function networkError(error: unknown): Error {
   if (error instanceof undiciErrors.HeadersTimeoutError || error instanceof undiciErrors.BodyTimeoutError || error instanceof undiciErrors.ConnectTimeoutError) {
     return new KmsRequestError('TimeoutError', `KMS request timed out: ${error.message}`, undefined, { cause: error });
   }
   if (error instanceof undiciErrors.SocketError) {
-    return new KmsRequestError('ECONNRESET', `KMS connection failed: ${error.message}`, undefined, { cause: error, code: 'ECONNRESET' });
+    return new KmsRequestError('TimeoutError', `KMS connection failed: ${error.message}`, undefined, { cause: error, code: 'ECONNRESET' });
   }
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string' && code.startsWith('E')) {
