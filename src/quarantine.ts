@@ -46,7 +46,7 @@ export async function listQuarantine(client: pg.ClientBase, filter: QuarantineFi
   const { rows } = await client.query(
     `SELECT id::text, job_id::text, table_name, row_key, matter_id, source_kek, target_kek, error_code,
             error_message, attempts, first_seen, last_seen
-     FROM rewrap.quarantine WHERE ${where.sql} ORDER BY id LIMIT ${Number(limit)}`,
+     FROM rewrap.quarantine WHERE ${where.sql} ORDER BY quarantine.id LIMIT ${Number(limit)}`,
     where.params,
   );
   return rows.map((row) => ({

@@ -61,6 +61,8 @@ describe('rewrap CLI', () => {
     const events = result.stderr.split('\n').filter((line) => line.startsWith('{')).map((line) => (JSON.parse(line) as { event?: string }).event);
     expect(events).toContain('kek.rotate.start');
     expect(events).toContain('kek.rotate.done');
+    const { rows } = await db.client.query<{ action: string }>('SELECT action FROM rewrap.audit ORDER BY seq');
+    expect(rows.map((row) => row.action)).toEqual(['rotate.start', 'rotate.finish']);
   });
 
   it('exits 75 while another job holds the scope', async () => {

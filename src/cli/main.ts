@@ -8,6 +8,8 @@ import { startEmulator } from '../kms/emulator/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { rotate, RotateUsageError, ScopeBusyError, type RotateSummary } from '../rotate/engine.js';
 import { seedVault } from '../seed.js';
+import { AuditTrail } from '../audit/trail.js';
+import { auditDetails } from '../lifecycle/emergency.js';
 import { quarantineCommands } from './quarantine-commands.js';
 import { commandRotateJob, fleetCommands } from './fleet-commands.js';
 import { lifecycleCommands } from './lifecycle-commands.js';
@@ -184,8 +186,17 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
 
+  const databaseUrl = databaseUrlFrom(values['database-url']);
+  // Rotation start and finish go into the audit trail, MACed by the KMS.
+  const auditPool = new pg.Pool({ connectionString: databaseUrl, max: 1, application_name: 'rewrap-audit' });
+  auditPool.on('error', (error) => logger.warn({ event: 'audit.pool.error', err: error }, 'idle audit connection failed'));
+  const auditKms = createKmsClient({ endpoint: values['kms-endpoint'], region: values['kms-region'], maxSockets: 2 });
+  const trail = new AuditTrail({ pool: auditPool, kms: auditKms, logger });
   const summary = await rotate({
-    databaseUrl: databaseUrlFrom(values['database-url']),
+    databaseUrl,
+    audit: async (event) => {
+      await trail.append(event.type, auditDetails(event));
+    },
     matters: values.all === true ? null : matters,
     target,
     kmsEndpoint: values['kms-endpoint'],
@@ -198,6 +209,9 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
     maxInFlight: values['max-in-flight'] === undefined ? undefined : parseInteger(values['max-in-flight'], '--max-in-flight', 1),
     logger,
     signal: controller.signal,
+  }).finally(async () => {
+    auditKms.destroy();
+    await auditPool.end();
   });
   printSummary(summary, values.json === true);
   switch (summary.status) {

@@ -213,7 +213,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     // Resume after an interrupted or crashed job of the same scope and target.
     const previous = await pool.query<{ id: string; checkpoint: string | null; status: string }>(
       `SELECT id::text, checkpoint, status FROM rewrap.jobs
-       WHERE scope_key = $1 AND kind = 'rotate' ORDER BY id DESC LIMIT 1`,
+       WHERE scope_key = $1 AND kind = 'rotate' ORDER BY jobs.id DESC LIMIT 1`,
       [scopeKey],
     );
     const last = previous.rows[0];
