@@ -57,7 +57,7 @@ interface KmsJsonOutput {
  *
  * NOTE: unlike the SDK, this transport does not correct the clock skew
  * reported by a SignatureDoesNotMatch or InvalidSignatureException, and it
- * knows only the plain regional endpoint (no FIPS or dual-stack); pass
+ * supports only the plain regional endpoint (no FIPS or dual-stack); pass
  * `endpoint` for any other.
  */
 export class SignedUndiciTransport implements KmsTransport {
