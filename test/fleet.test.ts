@@ -98,7 +98,7 @@ describe('fleet', () => {
     const inner = seconds.slice(1, -1);
     expect(inner.length).toBeGreaterThan(3);
     const average = inner.reduce((sum, entry) => sum + entry.accepted, 0) / inner.length;
-    expect(average, `accepted per second: ${inner.map((entry) => entry.accepted).join(' ')}`).toBeGreaterThanOrEqual(0.9 * quota);
+    expect(average, `accepted per second: ${inner.map((entry) => entry.accepted).join(' ')}; throttled ${kms.emulator.stats().throttled}; limiter events ${workers.flatMap((worker) => worker.events().filter((line) => String(line.event).startsWith('limiter'))).length}`).toBeGreaterThanOrEqual(0.9 * quota);
 
     const status = await readJobStatus(db.client, jobId, 2_000);
     expect(status!.status).toBe('done');

@@ -29,6 +29,8 @@ export interface RequestLimiter {
 
 /** Period of the refill timer of a local bucket. */
 const refillTickMs = 5;
+/** Refill step of a bucket kept in a shared datastore. */
+const sharedRefillIntervalMs = 25;
 /** Share of the quota kept unused, for requests that arrive late at the KMS and land in the next second. */
 const safetyMargin = 0.005;
 const minRateFactor = 0.05;
@@ -89,14 +91,17 @@ export class QuotaLimiter implements RequestLimiter {
     this.#maxBatch = Math.max(1, Math.min(options.maxBatch, Math.floor(options.quota * 0.02)));
     const shared = options.bottleneck?.datastore !== undefined && options.bottleneck.datastore !== 'local';
     if (shared) {
-      // The datastore adds `rate / 20` every 50 ms, so the bucket must hold at
-      // least one such step; a second then grants at most 1.05 × rate.
-      this.rate = Math.max(1, (options.quota / 1.05) * (1 - safetyMargin));
-      this.burst = Math.max(this.#maxBatch, this.rate / 20);
+      // The datastore adds `rate / 40` every 25 ms, counting whole elapsed
+      // steps, and caps the bucket. The cap must hold one step plus a batch
+      // left over from the step before, or refills are lost to it. A second
+      // then grants at most cap + rate = 1.025 × rate + one batch.
+      const step = sharedRefillIntervalMs / 1000;
+      this.rate = Math.max(1, ((options.quota - this.#maxBatch) / (1 + step)) * (1 - safetyMargin));
+      this.burst = this.rate * step + this.#maxBatch;
       this.#bottleneck = new Bottleneck({
         reservoir: this.burst,
-        reservoirIncreaseInterval: 50,
-        reservoirIncreaseAmount: this.rate / 20,
+        reservoirIncreaseInterval: sharedRefillIntervalMs,
+        reservoirIncreaseAmount: this.rate * step,
         reservoirIncreaseMaximum: this.burst,
         maxConcurrent: null,
         ...options.bottleneck,
