@@ -107,7 +107,10 @@ export class QuotaLimiter implements RequestLimiter {
         ...options.bottleneck,
       });
     } else {
-      this.burst = Math.max(this.#maxBatch, Math.ceil(options.quota * 0.01));
+      // The bucket holds a whole batch plus two refill ticks. With room for
+      // only one batch, the refill that arrives while the bucket is nearly
+      // full would overflow and be lost before every grant.
+      this.burst = this.#maxBatch + Math.ceil((options.quota * 2 * refillTickMs) / 1000);
       // A refill tick that straddles a second boundary adds up to one tick of
       // tokens to that second, hence the division.
       this.rate = Math.max(1, ((options.quota - this.burst) / (1 + refillTickMs / 1000)) * (1 - safetyMargin));
