@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CreateKeyCommand } from '@aws-sdk/client-kms';
 import { seedVault } from '../src/seed.js';
-import { runCli, startCli } from './helpers/cli.js';
+import { runCli, startCli, type CliRun } from './helpers/cli.js';
 import { createTestDatabase, type TestDatabase } from './helpers/db.js';
 import { startTestKms, type TestKms } from './helpers/kms.js';
 
@@ -12,9 +12,15 @@ async function newKey(): Promise<string> {
   return (await kms.client.send(new CreateKeyCommand({ Description: 'cli test target' }))).KeyMetadata!.Arn!;
 }
 
-async function waitForRewrapped(target: string, min: number, timeoutMs = 30_000): Promise<void> {
+async function waitForRewrapped(target: string, min: number, run: CliRun, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  let exited: { code: number | null; stderr: string } | null = null;
+  void run.done.then((result) => (exited = result));
   while (Date.now() < deadline) {
+    if (exited !== null) {
+      const { code, stderr } = exited as { code: number | null; stderr: string };
+      throw new Error(`rotate exited with ${code} before rewrapping ${min} rows: ${stderr.slice(-1_000)}`);
+    }
     const { rows } = await db.client.query<{ n: string }>(
       `SELECT COALESCE(sum(rewrapped), 0)::text AS n FROM rewrap.jobs WHERE status = 'running' AND target_kek = $1`,
       [target],
@@ -70,7 +76,7 @@ describe('rewrap CLI', () => {
     kms.emulator.configure({ quota: 200 });
     const first = startCli(['rotate', '--all', '--to', target, '--kms-quota', '200', '--kms-endpoint', kms.emulator.url, '--database-url', db.url, '--workers', '1']);
     try {
-      await waitForRewrapped(target, 1);
+      await waitForRewrapped(target, 1, first);
       const second = await runCli(['rotate', '--matter', 'matter-0002', '--to', target, '--kms-endpoint', kms.emulator.url, '--database-url', db.url]);
       expect(second.code).toBe(75);
       expect(second.stderr).toContain('another rewrap job');
@@ -86,7 +92,7 @@ describe('rewrap CLI', () => {
     kms.emulator.configure({ quota: 300 });
     try {
       const run = startCli(['rotate', '--all', '--to', target, '--kms-quota', '300', '--kms-endpoint', kms.emulator.url, '--database-url', db.url, '--json', '--workers', '1', '--drain-timeout', '20']);
-      await waitForRewrapped(target, 100);
+      await waitForRewrapped(target, 100, run);
       const signalledAt = Date.now();
       run.child.kill('SIGTERM');
       const result = await run.done;

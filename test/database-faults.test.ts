@@ -85,7 +85,7 @@ describe('database faults', () => {
     const target = await newKey();
     const log = captureLogger();
 
-    const summary = await rotate(options(db.url, target, { quota: Infinity, copyFailureRate: 0.3, flushRows: 200, logger: log.logger }));
+    const summary = await rotate(options(db.url, target, { quota: Infinity, copyFaultEvery: 3, flushRows: 200, logger: log.logger }));
 
     expect(summary.status).toBe('done');
     expect(summary.rewrapped).toBe(2_000);

@@ -141,7 +141,8 @@ describe('fleet', () => {
       await waitForTraffic(since);
       await sleep(1_000);
       execFileSync('redis-cli', ['-p', String(port), 'shutdown', 'nosave']);
-      await sleep(3_000);
+      // Longer than the 5 s a host waits on Redis before it falls back to its local share.
+      await sleep(7_000);
       execFileSync('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no', '--daemonize', 'yes']);
       const codes = await Promise.all(workers.map((worker) => worker.exited));
 

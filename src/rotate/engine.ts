@@ -61,8 +61,8 @@ export interface RotateOptions {
   retryBudget?: number | undefined;
   /** Testing only: makes workers throw or exit at the given rates. */
   workerFaults?: WorkerConfig['faultInjection'];
-  /** Testing only: share of COPY flushes whose input fails halfway. */
-  copyFailureRate?: number | undefined;
+  /** Testing only: every Nth COPY, starting with the first, has its input fail halfway. */
+  copyFaultEvery?: number | undefined;
   /** KMS client implementation the workers use; unset means `defaultKmsTransport`. */
   kmsTransport?: KmsTransportName | undefined;
   logger: Logger;
@@ -269,7 +269,8 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     });
     if (options.workerPool === undefined) piscina.on('error', (error) => logger.error({ event: 'pool.error', jobId, err: error }, 'worker pool error'));
 
-    const copyFailureRate = options.copyFailureRate ?? 0;
+    const copyFaultEvery = options.copyFaultEvery ?? 0;
+    let copies = 0;
     writer = new Writer({
       pool,
       table: quoted,
@@ -277,7 +278,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       jobId,
       targetKek: target,
       logger,
-      injectCopyFault: copyFailureRate > 0 ? () => Math.random() < copyFailureRate : undefined,
+      injectCopyFault: copyFaultEvery > 0 ? () => copies++ % copyFaultEvery === 0 : undefined,
     });
     const tracker = new CheckpointTracker();
     let scannedSinceFlush = 0;

@@ -36,9 +36,14 @@ const safetyMargin = 0.005;
 const minRateFactor = 0.05;
 /** Period of the AIMD adjustment: short, so that a throttled burst is answered within a quarter second. */
 const adjustIntervalMs = 250;
-const decreaseFactor = 0.75;
-/** Rise per throttle-free adjustment period: 4 percent of the rate per second. */
-const increaseStep = 0.01;
+/**
+ * Cut per adjustment period with throttling. Moderate, because one burst
+ * that reached the KMS late (a stalled process, a loaded host) throttles
+ * a few requests without the quota being lower than stated.
+ */
+const decreaseFactor = 0.85;
+/** Rise per throttle-free adjustment period: 8 percent of the rate per second. */
+const increaseStep = 0.02;
 
 /**
  * One token bucket for the whole job, in the main thread. A batch of n KMS
