@@ -5,7 +5,7 @@
  * requests per second. Two naive baselines rotate a small sample for the
  * ratios. Uses DATABASE_URL, or an embedded PostgreSQL when it is unset.
  *
- *   npm run bench -- --rows 1000000 --kms-quota Q [--latency-ms MS] [--transport T] [--json]
+ *   npm run bench -- --rows 1000000 --kms-quota Q [--latency-ms MS] [--transport T] [--workers N] [--json]
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -31,6 +31,7 @@ const { values } = parseArgs({
     'latency-ms': { type: 'string', default: '0' },
     matters: { type: 'string', default: '10' },
     transport: { type: 'string', default: defaultKmsTransport },
+    workers: { type: 'string' },
     'baseline-rows': { type: 'string', default: '2000' },
     out: { type: 'string', default: 'bench/out' },
     json: { type: 'boolean', default: false },
@@ -43,6 +44,7 @@ const latencyMs = Number(values['latency-ms']);
 const matters = positiveInteger(values.matters, '--matters');
 const baselineRows = Number(values['baseline-rows']);
 const transport = parseKmsTransportName(values.transport);
+const workers = values.workers === undefined ? undefined : positiveInteger(values.workers, '--workers');
 
 function positiveInteger(text: string, flag: string): number {
   const value = Number(text);
@@ -170,7 +172,7 @@ async function main(): Promise<void> {
     }, 100);
     const cpuBefore = process.cpuUsage();
     phase = performance.now();
-    const summary = await rotate({ databaseUrl, matters: scope.matterIds, target, kmsEndpoint: emulator.url, quota, kmsTransport: transport, logger });
+    const summary = await rotate({ databaseUrl, matters: scope.matterIds, target, kmsEndpoint: emulator.url, quota, kmsTransport: transport, workers, logger });
     const rotateSeconds = (performance.now() - phase) / 1000;
     const cpu = process.cpuUsage(cpuBefore);
     clearInterval(sampler);

@@ -405,7 +405,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
             if (!source.usable) {
               await flushQueue.addQuarantined(quarantineRecord(item.row, name, `source key is ${source.state}`), item.chunk);
             } else {
-              stop('target key unusable', new Error(`KMS answered ${name} although source key ${item.row.kek} is enabled; check target key ${target}`));
+              stop('target key unusable', new Error(`KMS returned ${name} although source key ${item.row.kek} is enabled; check that target key ${target} is enabled and usable`));
             }
           } else {
             stop('kms access', new Error(`KMS rejected the request with ${name}; check the credentials and the kms:ReEncryptFrom and kms:ReEncryptTo permissions`));

@@ -34,7 +34,7 @@ const sharedRefillIntervalMs = 25;
 /** Share of the quota kept unused, for requests that arrive late at the KMS and land in the next second. */
 const safetyMargin = 0.005;
 const minRateFactor = 0.05;
-/** Period of the AIMD adjustment: short, so that a throttled burst is answered within a quarter second. */
+/** Period of the AIMD adjustment: short, so that the rate drops within a quarter second of a throttled burst. */
 const adjustIntervalMs = 250;
 /**
  * Cut per adjustment period with throttling. Moderate, because one burst
