@@ -65,7 +65,7 @@ Common options:
 
 rotate options:
   --kms-quota RPS      KMS requests per second the job may send (default 10000; "unlimited")
-  --workers N          worker threads (default: available cores)
+  --workers N          worker threads (default: one per 5,000 of quota, at most one per core)
   --mode MODE          reencrypt (default) or decrypt-encrypt
   --kms-transport T    KMS client: signed-undici (default), sdk-undici or sdk
   --batch-size N       rows per worker task (default 50)

@@ -185,7 +185,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
   const quoted = quoteVaultTable(table);
   const mode = options.mode ?? 'reencrypt';
   const requestsPerRow = mode === 'decrypt-encrypt' ? 2 : 1;
-  const workers = Math.max(1, options.workers ?? availableParallelism());
+  const workers = Math.max(1, options.workers ?? defaultWorkers(options.quota));
   const scopeKey = scopeKeyOf(table.name, options.matters, options.startKey, options.endKey);
 
   if (options.matters !== null && options.matters.length === 0) {
@@ -583,6 +583,18 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     await pool.end();
     kms.destroy();
   }
+}
+
+/**
+ * Worker threads for a quota: one per 5,000 requests per second, at most one
+ * per core. A rewrap costs 150 to 250 µs of CPU (BENCHMARKS.md), so one
+ * thread carries 4,000 to 6,500 requests per second, and each thread that is
+ * not needed costs tens of megabytes of heap.
+ */
+function defaultWorkers(quota: number): number {
+  const cores = availableParallelism();
+  if (!Number.isFinite(quota)) return cores;
+  return Math.max(1, Math.min(cores, Math.ceil(quota / 5_000)));
 }
 
 /**
