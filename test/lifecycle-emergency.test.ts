@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CloudTrailClient } from '@aws-sdk/client-cloudtrail';
 import { DecryptCommand, DescribeKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { rowContext } from '../src/envelope.js';
 import { EmulatorKeyAccess } from '../src/lifecycle/access.js';
 import { kmsPrincipal, openLifecycleContext, type LifecycleContext } from '../src/lifecycle/context.js';
 import { runEmergency, type EmergencyOptions } from '../src/lifecycle/emergency.js';
-import { EmulatorEventSource } from '../src/lifecycle/exposure.js';
+import { CloudTrailEventSource, createCloudTrailClient } from '../src/lifecycle/cloudtrail.js';
 import { seedVault } from '../src/seed.js';
 import { createTestDatabase, type TestDatabase } from './helpers/db.js';
 import { startTestKms, type TestKms } from './helpers/kms.js';
@@ -15,6 +16,7 @@ const applicationPrincipal = 'AKIDAPPLICATION';
 let db: TestDatabase;
 let kms: TestKms;
 let application: KMSClient;
+let cloudTrail: CloudTrailClient;
 let context: LifecycleContext;
 let compromised: string;
 let since: Date;
@@ -50,7 +52,7 @@ function options(stopAfter?: EmergencyOptions['stopAfter']): EmergencyOptions {
     compromised,
     since,
     access: new EmulatorKeyAccess(kms.emulator.url),
-    events: new EmulatorEventSource(kms.emulator.url),
+    events: new CloudTrailEventSource({ client: cloudTrail, logger: log.logger }),
     quota: Infinity,
     workers: 1,
     pendingDays: 7,
@@ -70,6 +72,7 @@ beforeAll(async () => {
     credentials: { accessKeyId: applicationPrincipal, secretAccessKey: 'test' },
     maxAttempts: 1,
   });
+  cloudTrail = createCloudTrailClient({ endpoint: kms.emulator.url });
   context = await openLifecycleContext({ databaseUrl: db.url, kmsEndpoint: kms.emulator.url, logger: log.logger });
 
   since = new Date(Date.now() - 1000);
@@ -85,6 +88,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   application?.destroy();
+  cloudTrail?.destroy();
   await context?.close();
   await kms?.close();
   await db?.drop();

@@ -5,7 +5,8 @@ import { defaultVaultTable, type VaultTable } from '../db/table.js';
 import { AwsKeyAccess, EmulatorKeyAccess } from '../lifecycle/access.js';
 import { openLifecycleContext, resolveKeyArn, type LifecycleContext } from '../lifecycle/context.js';
 import { emergencySteps, runEmergency, type EmergencyStep } from '../lifecycle/emergency.js';
-import { EmulatorEventSource, exposureMarkdown, exposureReport, type KmsEventSource } from '../lifecycle/exposure.js';
+import { CloudTrailEventSource, createCloudTrailClient } from '../lifecycle/cloudtrail.js';
+import { exposureMarkdown, exposureReport } from '../lifecycle/exposure.js';
 import { createMatterKey, listKeys } from '../lifecycle/keys.js';
 import { planRotation } from '../lifecycle/plan.js';
 import { checkPolicy, loadPolicy } from '../lifecycle/policy.js';
@@ -185,11 +186,21 @@ async function commandShred(argv: string[], logger: Logger): Promise<number> {
   }
 }
 
-function eventSourceFor(endpoint: string | undefined): KmsEventSource {
-  if (endpoint === undefined) {
-    throw new UsageError('reading AWS CloudTrail is not implemented yet; pass --kms-endpoint with a rewrap KMS emulator');
+/** `--cloudtrail-endpoint`, which defaults to `--kms-endpoint` so that a KMS emulator answers both APIs. */
+const cloudTrailOptions = { 'cloudtrail-endpoint': { type: 'string' } } as const satisfies ParseArgsConfig['options'];
+
+/** Runs `fn` with a CloudTrail event source for the endpoint and region the options name, and closes its client. */
+async function withEventSource<T>(
+  values: CommonValues & { 'cloudtrail-endpoint'?: string | undefined },
+  logger: Logger,
+  fn: (source: CloudTrailEventSource) => Promise<T>,
+): Promise<T> {
+  const client = createCloudTrailClient({ endpoint: values['cloudtrail-endpoint'] ?? values['kms-endpoint'], region: values['kms-region'] });
+  try {
+    return await fn(new CloudTrailEventSource({ client, logger }));
+  } finally {
+    client.destroy();
   }
-  return new EmulatorEventSource(endpoint);
 }
 
 async function commandEmergency(argv: string[], logger: Logger): Promise<number> {
@@ -197,6 +208,7 @@ async function commandEmergency(argv: string[], logger: Logger): Promise<number>
     args: argv,
     options: {
       ...commonOptions,
+      ...cloudTrailOptions,
       compromised: { type: 'string' },
       since: { type: 'string' },
       'kms-quota': { type: 'string' },
@@ -213,19 +225,19 @@ async function commandEmergency(argv: string[], logger: Logger): Promise<number>
     throw new UsageError(`invalid --stop-after "${stopAfter}": expected one of ${emergencySteps.join(', ')}`);
   }
   const endpoint = values['kms-endpoint'];
-  const result = await withContext(values, logger, (context) =>
+  const result = await withEventSource(values, logger, (events) => withContext(values, logger, (context) =>
     runEmergency(context, {
       compromised,
       since,
       access: endpoint === undefined ? new AwsKeyAccess() : new EmulatorKeyAccess(endpoint),
-      events: eventSourceFor(endpoint),
+      events,
       quota: parsePositive(values['kms-quota'], '--kms-quota', 10_000, true),
       pendingDays: pendingDaysFrom(values['pending-days']),
       sample: parseInteger(values.sample, '--sample', 100, 0),
       workers: values.workers === undefined ? undefined : parseInteger(values.workers, '--workers', 1),
       stopAfter: stopAfter as EmergencyStep | undefined,
     }),
-  );
+  ));
   const text = [
     `emergency run ${result.runId} for ${result.compromisedArn}: ${result.status}; ran ${result.ran.join(', ') || 'nothing'}` +
       (result.resumedFrom === null ? '' : ` (resumed at ${result.resumedFrom})`),
@@ -239,7 +251,7 @@ async function commandEmergency(argv: string[], logger: Logger): Promise<number>
 async function commandExposure(argv: string[], logger: Logger): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { ...commonOptions, kek: { type: 'string' }, since: { type: 'string' }, until: { type: 'string' }, format: { type: 'string' } },
+    options: { ...commonOptions, ...cloudTrailOptions, kek: { type: 'string' }, since: { type: 'string' }, until: { type: 'string' }, format: { type: 'string' } },
   });
   const kek = requireString(values.kek, '--kek', 'name the KEK whose use to report');
   const since = parseTime(values.since, '--since', 'give the start of the window, for example --since 2026-01-31T00:00:00Z');
@@ -247,8 +259,9 @@ async function commandExposure(argv: string[], logger: Logger): Promise<number> 
   if (until.getTime() <= since.getTime()) throw new UsageError(`invalid window: --until ${until.toISOString()} is not after --since ${since.toISOString()}`);
   const format = values.format ?? (values.json === true ? 'json' : 'markdown');
   if (format !== 'json' && format !== 'markdown') throw new UsageError(`invalid --format "${format}": expected json or markdown`);
-  const source = eventSourceFor(values['kms-endpoint']);
-  const report = await withContext(values, logger, async (context) => exposureReport(context, source, await resolveKeyArn(context.kms, kek), since, until));
+  const report = await withEventSource(values, logger, (source) =>
+    withContext(values, logger, async (context) => exposureReport(context, source, await resolveKeyArn(context.kms, kek), since, until)),
+  );
   if (format === 'json') console.log(JSON.stringify(report));
   else process.stdout.write(exposureMarkdown(report));
   return done;

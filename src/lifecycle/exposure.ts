@@ -12,30 +12,9 @@ export interface KmsTrailEvent {
 
 /** Source of KMS request events. */
 export interface KmsEventSource {
-  /** Events in `[since, until)`, in any order. */
-  events(since: Date, until: Date): Promise<KmsTrailEvent[]>;
+  /** Events under the key `kekArn` in `[since, until)`, in any order. */
+  events(kekArn: string, since: Date, until: Date): Promise<KmsTrailEvent[]>;
 }
-
-/** Reads the rewrap KMS emulator's CloudTrail-shaped log at `GET /_emulator/request-log`. */
-export class EmulatorEventSource implements KmsEventSource {
-  constructor(private readonly endpoint: string) {}
-
-  async events(since: Date, until: Date): Promise<KmsTrailEvent[]> {
-    const response = await fetch(new URL('/_emulator/request-log', this.endpoint));
-    if (!response.ok) {
-      throw new Error(`KMS emulator at ${this.endpoint} returned HTTP ${response.status} for GET /_emulator/request-log; is it a rewrap KMS emulator?`);
-    }
-    const events = (await response.json()) as KmsTrailEvent[];
-    return events.filter((event) => {
-      const time = Date.parse(event.eventTime);
-      return time >= since.getTime() && time < until.getTime();
-    });
-  }
-}
-
-// TODO: read AWS CloudTrail through LookupEvents (@aws-sdk/client-cloudtrail,
-// LookupAttributes EventSource=kms.amazonaws.com, StartTime/EndTime, and the
-// CloudTrailEvent JSON of each result). Until then exposure needs the emulator.
 
 /** Operations that hand the caller a plaintext DEK under the key. */
 const exposingOperations = new Set(['Decrypt', 'GenerateDataKey']);
@@ -115,7 +94,7 @@ export async function exposureReport(
   until: Date,
 ): Promise<ExposureReport> {
   context.logger.info({ event: 'exposure.start', kekArn, since: since.toISOString(), until: until.toISOString() }, 'building exposure report');
-  const report = buildExposureReport(kekArn, since, until, await source.events(since, until));
+  const report = buildExposureReport(kekArn, since, until, await source.events(kekArn, since, until));
   await context.audit.append('exposure.report', {
     kekArn,
     since: report.since,

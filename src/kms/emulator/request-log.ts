@@ -46,6 +46,8 @@ export class RequestLog {
   private readonly limit: number;
   private readonly ring: CloudTrailEvent[] = [];
   private next = 0;
+  /** Events appended since the start, including those the ring has dropped. */
+  private appended = 0;
   private readonly stream: WriteStream | undefined;
   private pending: string[] = [];
   private flushScheduled = false;
@@ -61,6 +63,7 @@ export class RequestLog {
   }
 
   append(event: CloudTrailEvent): void {
+    this.appended += 1;
     if (this.limit > 0) {
       if (this.ring.length < this.limit) this.ring.push(event);
       else this.ring[this.next] = event;
@@ -79,6 +82,16 @@ export class RequestLog {
   events(): CloudTrailEvent[] {
     if (this.ring.length < this.limit) return this.ring.slice();
     return [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
+  }
+
+  /**
+   * Returns the kept events, oldest first, and the sequence number of the
+   * first one. Sequence numbers count every appended event from 0, so they
+   * stay valid while the ring drops old events.
+   */
+  snapshot(): { events: CloudTrailEvent[]; firstSequence: number } {
+    const events = this.events();
+    return { events, firstSequence: this.appended - events.length };
   }
 
   async close(): Promise<void> {

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
+import { CLOUDTRAIL_TARGET_PREFIX, LookupRateLimit, lookupEvents } from './cloudtrail.js';
 import { KmsError, throttled, validationError } from './errors.js';
 import { drawFault, type FaultRule, validateFaults } from './faults.js';
 import { parseJsonObject, readBody, sendError, sendJson } from './http.js';
@@ -35,6 +36,8 @@ export interface EmulatorOptions {
   requestLogPath?: string;
   /** Number of events kept in memory, 100000 by default. */
   requestLogLimit?: number;
+  /** CloudTrail LookupEvents requests admitted per second, 2 by default as in AWS. 0 or Infinity means unlimited. */
+  lookupEventsRate?: number;
 }
 
 export type RuntimeConfig = Partial<Pick<EmulatorOptions, 'quota' | 'latencyMs' | 'jitterMs' | 'faults'>>;
@@ -62,6 +65,7 @@ class Emulator {
   readonly store: KeyStore;
   readonly quota: QuotaCounter;
   readonly log: RequestLog;
+  readonly lookupRate: LookupRateLimit;
   readonly stateFile: StateFile | undefined;
   latencyMs = 0;
   jitterMs = 0;
@@ -73,6 +77,7 @@ class Emulator {
     this.stateFile = stateFile;
     this.quota = new QuotaCounter(10_000);
     this.log = new RequestLog(options.requestLogLimit ?? 100_000, options.requestLogPath);
+    this.lookupRate = new LookupRateLimit(options.lookupEventsRate ?? 2);
     this.configure(options);
   }
 
@@ -94,9 +99,12 @@ class Emulator {
   }
 
   readonly handleRequest = (request: IncomingMessage, response: ServerResponse): void => {
+    const target = request.headers['x-amz-target'];
     const handled = request.url?.startsWith('/_emulator/') === true
       ? this.handleExtension(request, response)
-      : this.handleKms(request, response);
+      : typeof target === 'string' && target.startsWith(CLOUDTRAIL_TARGET_PREFIX)
+        ? this.handleCloudTrail(request, response, target.slice(CLOUDTRAIL_TARGET_PREFIX.length))
+        : this.handleKms(request, response);
     handled.catch((error: unknown) => {
       console.error(`KMS emulator: request ${request.method ?? ''} ${request.url ?? ''} failed: ${(error as Error).message}`);
       if (!response.headersSent) sendError(response, new KmsError('KMSInternalException', 'Internal error in the KMS emulator.', 500));
@@ -166,6 +174,31 @@ class Emulator {
       send();
     }, delayMs);
     this.timers.add(timer);
+  }
+
+  /**
+   * Answers the CloudTrail API, of which the emulator implements LookupEvents
+   * only. These calls bypass the KMS quota and the request log, and draw
+   * faults under the operation name LookupEvents.
+   */
+  private async handleCloudTrail(request: IncomingMessage, response: ServerResponse, operationName: string): Promise<void> {
+    const requestId = randomUUID();
+    try {
+      const input = parseJsonObject(await readBody(request, KMS_BODY_LIMIT));
+      if (operationName !== 'LookupEvents') {
+        throw new KmsError('UnknownOperationException', `The KMS emulator implements CloudTrail LookupEvents only, not ${operationName}.`);
+      }
+      const fault = drawFault(this.faults, operationName);
+      if (fault?.kind === 'reset') {
+        request.socket.destroy();
+        return;
+      }
+      if (fault?.kind === 'error') throw new KmsError(fault.name, `Injected fault: ${fault.name}.`, fault.status);
+      if (!this.lookupRate.admit(Date.now())) throw throttled();
+      sendJson(response, 200, lookupEvents(this.log, input, Date.now()), requestId);
+    } catch (caught) {
+      sendError(response, toKmsError(caught, operationName), requestId);
+    }
   }
 
   private buildEvent(
