@@ -1,22 +1,12 @@
 import { parseArgs } from 'node:util';
-import pg from 'pg';
 import { initSchema } from '../db/schema.js';
 import { createJob, readJobStatus, type JobStatusReport } from '../fleet/jobs.js';
 import { runFleetWorker } from '../fleet/runner.js';
 import type { Logger } from '../log.js';
 import { databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
+import { withClient } from './database.js';
 
 const defaultLeaseSeconds = 30;
-
-async function withClient<T>(databaseUrl: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
 
 /** `rewrap job create (--matter M... | --all) --to KEY [--partitions N]`: prints the new job's id. */
 async function commandJob(argv: string[], logger: Logger): Promise<number> {

@@ -14,6 +14,7 @@ import { quarantineCommands } from './quarantine-commands.js';
 import { commandRotateJob, fleetCommands } from './fleet-commands.js';
 import { lifecycleCommands } from './lifecycle-commands.js';
 import { databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
+import { withClient } from './database.js';
 
 /** Exit statuses, stable for schedulers. */
 export const exitCodes = { done: 0, failed: 1, usage: 2, partial: 3, busy: 75 } as const;
@@ -78,16 +79,6 @@ kms-emulator options:
 
 Exit status: 0 done, 1 failed, 2 usage error, 3 partial (rows quarantined), 75 scope busy.
 `;
-
-async function withClient<T>(databaseUrl: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
 
 async function commandInit(argv: string[], logger: Logger): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { 'database-url': { type: 'string' } } });
