@@ -1,3 +1,5 @@
+import { GetKeyPolicyCommand, PutKeyPolicyCommand, type KMSClient } from '@aws-sdk/client-kms';
+
 /** Changes who may use a KMS key. */
 export interface KeyAccessControl {
   /** Allows only `principals` to use the key from now on; every other caller gets AccessDeniedException. */
@@ -24,18 +26,51 @@ export class EmulatorKeyAccess implements KeyAccessControl {
 }
 
 /**
- * NOTE: not implemented, so `emergency` against AWS KMS fails at its first step.
- * The AWS version needs GetKeyPolicy, then PutKeyPolicy with a Deny of
- * kms:Decrypt, kms:ReEncryptFrom, kms:Encrypt and kms:GenerateDataKey* under
- * a `StringNotEquals aws:PrincipalArn` condition naming the rotation role.
- * It also needs ListGrants and RevokeGrant for every grant to an application
- * principal. The rotation role then needs kms:GetKeyPolicy, kms:PutKeyPolicy,
- * kms:ListGrants and kms:RevokeGrant, and principals are role ARNs, not access key ids.
+ * NOTE: `emergency` against AWS KMS still fails at its first step.
+ * `KeyPolicyAccess` below writes the Deny statement, but `emergency` does not
+ * use it yet because it needs the rotation principal's IAM ARN (STS
+ * GetCallerIdentity, with an assumed-role session ARN mapped to its role ARN).
+ * Grants to application principals (ListGrants, RevokeGrant) are not revoked.
  */
 export class AwsKeyAccess implements KeyAccessControl {
   restrictTo(keyArn: string): Promise<void> {
     return Promise.reject(
       new Error(`revoking application access to ${keyArn} is implemented for the rewrap KMS emulator only; deny every principal except the rotation role in the key policy by hand`),
     );
+  }
+}
+
+/** Sid of the key policy statement that `KeyPolicyAccess` writes and replaces. */
+export const denyStatementSid = 'RewrapDenyApplicationUse';
+
+/** Actions that give a caller plaintext under the key, or a copy of it under another key. */
+const deniedActions = ['kms:Decrypt', 'kms:ReEncryptFrom', 'kms:GenerateDataKey*'];
+
+/**
+ * Restricts a key through its key policy: GetKeyPolicy, then PutKeyPolicy with
+ * one Deny statement of `deniedActions` for every principal whose ARN
+ * (`aws:PrincipalArn`) is not in the list. Principals are IAM ARNs, such as
+ * a role ARN. A statement with `denyStatementSid` is replaced, so that
+ * rerunning changes nothing. Needs kms:GetKeyPolicy and kms:PutKeyPolicy.
+ */
+export class KeyPolicyAccess implements KeyAccessControl {
+  constructor(private readonly kms: KMSClient) {}
+
+  async restrictTo(keyArn: string, principals: string[]): Promise<void> {
+    const current = await this.kms.send(new GetKeyPolicyCommand({ KeyId: keyArn, PolicyName: 'default' }));
+    if (current.Policy === undefined) throw new Error(`GetKeyPolicy for ${keyArn} returned no policy`);
+    const document = JSON.parse(current.Policy) as { Statement?: unknown };
+    const statements = document.Statement === undefined ? [] : Array.isArray(document.Statement) ? (document.Statement as unknown[]) : [document.Statement];
+    const otherStatements = statements.filter((statement) => (statement as { Sid?: unknown } | null)?.Sid !== denyStatementSid);
+    const deny = {
+      Sid: denyStatementSid,
+      Effect: 'Deny',
+      Principal: { AWS: '*' },
+      Action: deniedActions,
+      Resource: '*',
+      Condition: { ArnNotEquals: { 'aws:PrincipalArn': principals } },
+    };
+    const policy = JSON.stringify({ ...document, Statement: [...otherStatements, deny] });
+    await this.kms.send(new PutKeyPolicyCommand({ KeyId: keyArn, PolicyName: 'default', Policy: policy }));
   }
 }

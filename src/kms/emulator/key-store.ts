@@ -2,6 +2,7 @@ import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypt
 
 import { type EncryptionContext, openBlob, readBlobKeyId, sealBlob, uuidToBytes } from './blob.js';
 import { invalidCiphertext, invalidState, KmsError, notFound, validationError } from './errors.js';
+import { defaultKeyPolicy, type DenyRule, denyingRule, parseKeyPolicy } from './key-policy.js';
 
 export type KeyState = 'Enabled' | 'Disabled' | 'PendingDeletion';
 export type KeySpec = 'SYMMETRIC_DEFAULT' | 'HMAC_256';
@@ -44,6 +45,10 @@ export interface KeyRecord {
    * allows every caller. An emulator extension, set through PUT /_emulator/key-access.
    */
   allowedPrincipals: string[] | undefined;
+  /** Key policy document set by PutKeyPolicy; undefined means the default policy. */
+  policy: string | undefined;
+  /** Deny statements of `policy`, which every operation on the key checks. */
+  denyRules: DenyRule[];
 }
 
 export interface AliasRecord {
@@ -90,6 +95,7 @@ export interface PersistedState {
     tags: Tag[];
     grants: GrantRecord[];
     allowedPrincipals?: string[];
+    policy?: string;
   }>;
   aliases: AliasRecord[];
   deletedKeyIds: string[];
@@ -263,8 +269,35 @@ export class KeyStore {
     return record;
   }
 
-  /** Throws AccessDeniedException unless the key allows `principal` (an access key id). */
-  assertAllowed(record: KeyRecord, principal: string | undefined): void {
+  /** Returns the key's policy document, the default policy when none was set. */
+  getKeyPolicy(record: KeyRecord): string {
+    return record.policy ?? defaultKeyPolicy(this.accountId);
+  }
+
+  /** Replaces the key's policy. Throws MalformedPolicyDocumentException for a policy the emulator cannot enforce. */
+  putKeyPolicy(record: KeyRecord, policy: string): void {
+    record.denyRules = parseKeyPolicy(policy);
+    record.policy = policy;
+    this.changed();
+  }
+
+  /** Returns the IAM ARN that stands for an access key id, as the request log writes it. */
+  principalArn(principal: string | undefined): string {
+    return `arn:aws:iam::${this.accountId}:user/${principal ?? 'anonymous'}`;
+  }
+
+  /**
+   * Throws AccessDeniedException when a Deny statement of the key policy
+   * covers `operation` for `principal` (an access key id), or when the key's
+   * access list does not name `principal`.
+   */
+  assertAllowed(record: KeyRecord, principal: string | undefined, operation?: string): void {
+    if (operation !== undefined && denyingRule(record.denyRules, operation, this.principalArn(principal)) !== undefined) {
+      throw new KmsError(
+        'AccessDeniedException',
+        `User ${this.principalArn(principal)} is not authorized to perform kms:${operation} on ${record.arn} with an explicit deny in the key policy.`,
+      );
+    }
     if (record.allowedPrincipals === undefined) return;
     if (principal !== undefined && record.allowedPrincipals.includes(principal)) return;
     throw new KmsError(
@@ -418,6 +451,7 @@ export class KeyStore {
       if (record.deletionDate !== undefined) key.deletionDate = record.deletionDate;
       if (record.pendingWindowInDays !== undefined) key.pendingWindowInDays = record.pendingWindowInDays;
       if (record.allowedPrincipals !== undefined) key.allowedPrincipals = record.allowedPrincipals;
+      if (record.policy !== undefined) key.policy = record.policy;
       keys.push(key);
     }
     return { version: 1, keys, aliases: [...this.aliases.values()], deletedKeyIds: [...this.deletedKeyIds] };
@@ -440,6 +474,10 @@ export class KeyStore {
       record.tags = new Map(key.tags.map((tag) => [tag.TagKey, tag.TagValue]));
       record.grants = key.grants ?? [];
       record.allowedPrincipals = key.allowedPrincipals;
+      if (key.policy !== undefined) {
+        record.policy = key.policy;
+        record.denyRules = parseKeyPolicy(key.policy);
+      }
       this.keys.set(record.keyId, record);
     }
     for (const alias of state.aliases) this.aliases.set(alias.aliasName, { ...alias });
@@ -462,6 +500,8 @@ export class KeyStore {
       tags: new Map(),
       grants: [],
       allowedPrincipals: undefined,
+      policy: undefined,
+      denyRules: [],
     };
   }
 

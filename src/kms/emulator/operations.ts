@@ -12,6 +12,7 @@ import {
   requireBlob,
   requireString,
 } from './input.js';
+import { DEFAULT_POLICY_NAME } from './key-policy.js';
 import type { KeyRecord, KeySpec, KeyStore, KeyUsage, Tag } from './key-store.js';
 
 /** Per-request state that an operation fills in for the request log. */
@@ -21,6 +22,8 @@ export interface OperationContext {
   resources: string[];
   /** Access key id from the request's SigV4 Authorization header; keys with an access list check it. */
   principal?: string | undefined;
+  /** Name of the KMS operation, which key policy Deny statements match against. */
+  operation?: string | undefined;
 }
 
 export type Operation = (input: Input, context: OperationContext) => Record<string, unknown>;
@@ -43,15 +46,16 @@ export const READ_ONLY_OPERATIONS: ReadonlySet<string> = new Set([
   'ListKeys',
   'ListAliases',
   'ListResourceTags',
+  'GetKeyPolicy',
 ]);
 
 /** AWS KMS operations that the emulator does not implement, answered with UnsupportedOperationException. */
 export const UNIMPLEMENTED_OPERATIONS: ReadonlySet<string> = new Set([
   'ConnectCustomKeyStore', 'CreateCustomKeyStore', 'CreateGrant', 'DeleteCustomKeyStore', 'DeleteImportedKeyMaterial',
   'DeriveSharedSecret', 'DescribeCustomKeyStores', 'DisableKeyRotation', 'DisconnectCustomKeyStore', 'EnableKeyRotation',
-  'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext', 'GenerateRandom', 'GetKeyPolicy', 'GetKeyRotationStatus',
+  'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext', 'GenerateRandom', 'GetKeyRotationStatus',
   'GetParametersForImport', 'GetPublicKey', 'ImportKeyMaterial', 'ListGrants', 'ListKeyPolicies', 'ListKeyRotations',
-  'ListRetirableGrants', 'PutKeyPolicy', 'ReplicateKey', 'RetireGrant', 'RevokeGrant', 'RotateKeyOnDemand', 'Sign',
+  'ListRetirableGrants', 'ReplicateKey', 'RetireGrant', 'RevokeGrant', 'RotateKeyOnDemand', 'Sign',
   'UpdateCustomKeyStore', 'UpdateKeyDescription', 'UpdatePrimaryRegion', 'Verify',
 ]);
 
@@ -69,15 +73,21 @@ const MAX_CIPHERTEXT_BYTES = 6144;
 function useKey(context: OperationContext, reference: string): KeyRecord {
   const record = context.store.resolveKey(reference);
   context.resources.push(record.arn);
-  context.store.assertAllowed(record, context.principal);
+  context.store.assertAllowed(record, context.principal, context.operation);
   return record;
 }
 
 function useBlobKey(context: OperationContext, blob: Buffer): KeyRecord {
   const record = context.store.keyForBlob(blob);
   if (!context.resources.includes(record.arn)) context.resources.push(record.arn);
-  context.store.assertAllowed(record, context.principal);
+  context.store.assertAllowed(record, context.principal, context.operation);
   return record;
+}
+
+/** Rejects a PolicyName other than "default", the only policy a KMS key has. */
+function checkPolicyName(input: Input): void {
+  const name = optionalString(input, 'PolicyName');
+  if (name !== undefined && name !== DEFAULT_POLICY_NAME) throw new KmsError('NotFoundException', `Key policy ${name} does not exist; the only policy name is "default".`);
 }
 
 /** Rejects an encryption algorithm that a symmetric key does not support. */
@@ -312,6 +322,21 @@ export const OPERATIONS: ReadonlyMap<string, Operation> = new Map<string, Operat
     const tagKeys = optionalArray(input, 'TagKeys', 50) ?? [];
     if (!tagKeys.every((key) => typeof key === 'string')) throw validationError('TagKeys must be a list of strings.');
     context.store.untagResource(useKey(context, reference).keyId, tagKeys as string[]);
+    return {};
+  }],
+
+  ['GetKeyPolicy', (input, context) => {
+    const record = useKey(context, requireString(input, 'KeyId'));
+    checkPolicyName(input);
+    return { Policy: context.store.getKeyPolicy(record), PolicyName: DEFAULT_POLICY_NAME };
+  }],
+
+  ['PutKeyPolicy', (input, context) => {
+    const record = useKey(context, requireString(input, 'KeyId'));
+    checkPolicyName(input);
+    const policy = requireString(input, 'Policy');
+    if (policy.length > 32_768) throw validationError('Policy must be at most 32768 characters.');
+    context.store.putKeyPolicy(record, policy);
     return {};
   }],
 

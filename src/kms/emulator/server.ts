@@ -147,7 +147,7 @@ class Emulator {
     let input: Input | undefined;
     let result: Record<string, unknown> | undefined;
     const principal = CREDENTIAL.exec(request.headers.authorization ?? '')?.[1];
-    const context: OperationContext = { store: this.store, resources: [], principal };
+    const context: OperationContext = { store: this.store, resources: [], principal, operation: operationName };
     try {
       input = parseJsonObject(await readBody(request, KMS_BODY_LIMIT));
       if (error === undefined && operation !== undefined) {
