@@ -240,7 +240,7 @@ async function main(): Promise<void> {
       cpuMicrosPerRewrap: Math.round(cpuMicros / Math.max(1, summary.rewrapped)),
       cpuSeconds: round(cpuMicros / 1e6, 2),
       peakRssMb: Math.round(peakRss / 1048576),
-      stages: { seedSeconds: round(seedSeconds, 2), rotateSeconds: round(rotateSeconds, 2), verifySeconds: round(verifySeconds, 2) },
+      stages: { seedSeconds: round(seedSeconds, 2), rotateSeconds: round(rotateSeconds, 2), verifySeconds: round(verifySeconds, 2), engine: summary.stages },
       baselines,
       perSecond: stats.perSecond.map((s) => ({ second: s.second, accepted: s.accepted, throttled: s.throttled })),
     };

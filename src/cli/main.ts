@@ -57,7 +57,8 @@ Commands:
   policy check --policy FILE exit 1 when a key is older than its class's maximum age in days
   audit verify | audit export [--out FILE]
                              check the audit trail's chain and MACs, or write it as JSON lines
-  (lifecycle commands take --table NAME, repeatable, for the vault tables to check; default public.vault)
+  (lifecycle commands take --table NAME, repeatable, for the vault tables to check; default public.vault;
+   exposure and emergency take --cloudtrail-endpoint URL, default the --kms-endpoint when one is given)
 
 Common options:
   --database-url URL   PostgreSQL connection string (default: DATABASE_URL)
@@ -66,7 +67,7 @@ Common options:
 
 rotate options:
   --kms-quota RPS      KMS requests per second the job may send (default 10000; "unlimited")
-  --workers N          worker threads (default: one per 5,000 of quota, at most one per core)
+  --workers N          worker threads (default: one per 3,000 of quota, at most one per core)
   --mode MODE          reencrypt (default) or decrypt-encrypt
   --kms-transport T    KMS client: signed-undici (default), sdk-undici or sdk
   --batch-size N       rows per worker task (default 50)

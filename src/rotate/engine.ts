@@ -110,6 +110,12 @@ export interface RotateSummary {
   seconds: number;
   /** Rewrapped rows per second. */
   rate: number;
+  /**
+   * Seconds spent per stage. `read` is the wait for source rows and `write`
+   * the flushes, each one at a time. `limiterWait` and `kms` add up the time
+   * of every batch in flight, so they can exceed the wall time.
+   */
+  stages: { readSeconds: number; limiterWaitSeconds: number; kmsSeconds: number; writeSeconds: number };
   error?: string;
 }
 
@@ -203,6 +209,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
   let jobId = '';
 
   const counters = { scanned: 0, rewrapped: 0, conflicts: 0, failed: 0, throttled: 0, retries: 0, kmsRequests: 0 };
+  const stageMs = { read: 0, limiterWait: 0, kms: 0 };
   let stopReason: string | null = null;
   let fatal: Error | null = null;
 
@@ -356,7 +363,9 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     const runBatch = async (batch: PendingRow[]): Promise<void> => {
       let pending = batch;
       while (pending.length > 0 && stopReason === null) {
+        const waitStarted = performance.now();
         await activeLimiter.acquire(pending.length * requestsPerRow);
+        stageMs.limiterWait += performance.now() - waitStarted;
         if (stopReason !== null) return;
         const task: RewrapTask = {
           target,
@@ -364,7 +373,9 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
         };
         let result: RewrapTaskResult;
         try {
+          const sent = performance.now();
           result = (await activePiscina.run(task)) as RewrapTaskResult;
+          stageMs.kms += performance.now() - sent;
         } catch (error) {
           // The worker threw or died; the pool replaces it and the batch is sent again.
           logger.warn({ event: 'pool.task.failed', jobId, err: error, rows: pending.length }, 'worker task failed; requeueing its batch');
@@ -481,7 +492,9 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
           logger,
           signal: options.signal,
         });
+        let readStarted = performance.now();
         for await (const rows of source) {
+          stageMs.read += performance.now() - readStarted;
           passScanned += rows.length;
           counters.scanned += rows.length;
           scannedSinceFlush += rows.length;
@@ -507,6 +520,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
             running.add(task);
           }
           if (stopReason !== null) break;
+          readStarted = performance.now();
         }
         await Promise.all(running);
         await flushQueue.drain();
@@ -566,6 +580,12 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       kmsRequests: counters.kmsRequests,
       seconds: Math.round(seconds * 1000) / 1000,
       rate: seconds > 0 ? Math.round(counters.rewrapped / seconds) : 0,
+      stages: {
+        readSeconds: Math.round(stageMs.read) / 1000,
+        limiterWaitSeconds: Math.round(stageMs.limiterWait) / 1000,
+        kmsSeconds: Math.round(stageMs.kms) / 1000,
+        writeSeconds: Math.round(writer.busyMs) / 1000,
+      },
     };
     if (fatalMessage !== null) summary.error = fatalMessage;
     await options.audit?.({ type: 'rotate.finish', jobId, table: table.name, matters: options.matters, summary }).catch((error: unknown) => {
@@ -586,15 +606,15 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
 }
 
 /**
- * Worker threads for a quota: one per 5,000 requests per second, at most one
- * per core. A rewrap costs 150 to 250 µs of CPU (BENCHMARKS.md), so one
- * thread carries 4,000 to 6,500 requests per second, and each thread that is
- * not needed costs tens of megabytes of heap.
+ * Worker threads for a quota: one per 3,000 requests per second, at most one
+ * per core. One worker thread, which does most of a rewrap's CPU work, fell
+ * short of a 5,000/s quota here (BENCHMARKS.md), and each thread that is not
+ * needed costs tens of megabytes of heap.
  */
 function defaultWorkers(quota: number): number {
   const cores = availableParallelism();
   if (!Number.isFinite(quota)) return cores;
-  return Math.max(1, Math.min(cores, Math.ceil(quota / 5_000)));
+  return Math.max(1, Math.min(cores, Math.ceil(quota / 3_000)));
 }
 
 /**

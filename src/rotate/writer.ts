@@ -75,6 +75,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 export class Writer {
   #options: WriterOptions;
   #client: pg.PoolClient | null = null;
+  #busyMs = 0;
   /** Error the current client reported between or during queries; the client is discarded before the next flush. */
   #clientError: Error | null = null;
   /** COPY stream in progress, destroyed if the client fails so that the flush cannot wait forever. */
@@ -138,6 +139,20 @@ export class Writer {
    * written twice.
    */
   async flush(input: FlushInput): Promise<FlushResult> {
+    const started = performance.now();
+    try {
+      return await this.#flushWithRetries(input);
+    } finally {
+      this.#busyMs += performance.now() - started;
+    }
+  }
+
+  /** Milliseconds spent in flushes so far, retries included. */
+  get busyMs(): number {
+    return this.#busyMs;
+  }
+
+  async #flushWithRetries(input: FlushInput): Promise<FlushResult> {
     const maxAttempts = this.#options.maxAttempts ?? 10;
     for (let attempt = 1; ; attempt++) {
       try {
