@@ -287,6 +287,10 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       logger,
       injectCopyFault: copyFaultEvery > 0 ? () => copies++ % copyFaultEvery === 0 : undefined,
     });
+    // Tokens granted while a worker thread is still loading would wait in the
+    // pool's queue and reach the KMS together once it is up, over the quota.
+    await warmUpWorkers(piscina, workers);
+
     const tracker = new CheckpointTracker();
     let scannedSinceFlush = 0;
     const flushQueue = new FlushQueue({
@@ -385,6 +389,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
             statuses: pending.map(() => null),
             keyId: null,
             requests: 0,
+            threadId: -1,
           };
         }
         counters.kmsRequests += result.requests;
@@ -602,6 +607,24 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     await lock?.release().catch((error: unknown) => logger.warn({ event: 'lock.release.error', err: error }, 'scope lock release failed'));
     await pool.end();
     kms.destroy();
+  }
+}
+
+/**
+ * Runs empty tasks until every worker thread has answered one, so that the
+ * pool starts real batches as soon as they are granted. Gives up after 60 s
+ * and lets the job go on, slower to start.
+ */
+async function warmUpWorkers(pool: Piscina, workers: number): Promise<void> {
+  const seen = new Set<number>();
+  const deadline = Date.now() + 60_000;
+  while (seen.size < workers && Date.now() < deadline) {
+    const results = await Promise.allSettled(
+      Array.from({ length: workers * 2 }, () => pool.run({ target: '', rows: [] } satisfies RewrapTask) as Promise<RewrapTaskResult>),
+    );
+    for (const result of results) {
+      if (result.status === 'fulfilled') seen.add(result.value.threadId);
+    }
   }
 }
 

@@ -49,4 +49,6 @@ export interface RewrapTaskResult {
   keyId: string | null;
   /** KMS requests this task sent. */
   requests: number;
+  /** Thread that ran the task, so that a warm-up can tell when every worker is loaded. */
+  threadId: number;
 }

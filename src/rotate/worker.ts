@@ -1,4 +1,4 @@
-import { workerData } from 'node:worker_threads';
+import { threadId, workerData } from 'node:worker_threads';
 import { rowContext } from '../envelope.js';
 import { createKmsTransport, defaultKmsTransport, type KmsTransport } from '../kms/transport/index.js';
 import type { RewrapTask, RewrapTaskResult, RewrapTaskRow, WorkerConfig } from './protocol.js';
@@ -71,6 +71,10 @@ async function decryptEncrypt(target: string, row: RewrapTaskRow): Promise<RowOu
 
 /** Rewraps every row of the task concurrently and reports each row's outcome. */
 export default async function rewrapBatch(task: RewrapTask): Promise<RewrapTaskResult> {
+  // An empty task is the engine's warm-up probe.
+  if (task.rows.length === 0) {
+    return { blobs: [], errors: [], statuses: [], keyId: null, requests: 0, threadId };
+  }
   const faults = config.faultInjection;
   if (faults !== undefined) {
     const draw = Math.random();
@@ -79,7 +83,7 @@ export default async function rewrapBatch(task: RewrapTask): Promise<RewrapTaskR
   }
   const rewrapRow = config.mode === 'decrypt-encrypt' ? decryptEncrypt : reencrypt;
   const outcomes = await Promise.all(task.rows.map((row) => rewrapRow(task.target, row)));
-  const result: RewrapTaskResult = { blobs: [], errors: [], statuses: [], keyId: null, requests: 0 };
+  const result: RewrapTaskResult = { blobs: [], errors: [], statuses: [], keyId: null, requests: 0, threadId };
   for (const outcome of outcomes) {
     result.blobs.push(outcome.blob);
     result.errors.push(outcome.error);
