@@ -35,8 +35,11 @@ export interface SeedResult {
 /** Wraps DEKs under one KEK; returns one blob per item, in order. */
 type WrapMany = (kekArn: string, items: Array<{ plaintext: Uint8Array; context: EncryptionContext }>) => Promise<Buffer[]>;
 
+/** Most items the emulator's seeding endpoint takes in one call. */
+const wrapBatchLimit = 10_000;
+
 function emulatorWrapper(emulatorUrl: string): WrapMany {
-  return async (kekArn, items) => {
+  const wrapOnce: WrapMany = async (kekArn, items) => {
     const response = await fetch(new URL('/_emulator/wrap-batch', emulatorUrl), {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -50,6 +53,13 @@ function emulatorWrapper(emulatorUrl: string): WrapMany {
     }
     const body = (await response.json()) as { CiphertextBlobs: string[] };
     return body.CiphertextBlobs.map((blob) => Buffer.from(blob, 'base64'));
+  };
+  return async (kekArn, items) => {
+    const blobs: Buffer[] = [];
+    for (let start = 0; start < items.length; start += wrapBatchLimit) {
+      blobs.push(...(await wrapOnce(kekArn, items.slice(start, start + wrapBatchLimit))));
+    }
+    return blobs;
   };
 }
 
