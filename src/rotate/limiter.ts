@@ -49,8 +49,8 @@ const adjustIntervalMs = 250;
  * a few requests without the quota being lower than stated.
  */
 const decreaseFactor = 0.85;
-/** Rise per throttle-free adjustment period: 8 percent of the rate per second. */
-const increaseStep = 0.02;
+/** Rise per throttle-free adjustment period: 6 percent of the rate per second. */
+const increaseStep = 0.015;
 
 /**
  * One token bucket for the whole job, in the main thread. A batch of n KMS
@@ -79,6 +79,7 @@ export class QuotaLimiter implements RequestLimiter {
   #bottleneck: Bottleneck | null;
   #factor = 1;
   #throttledThisSecond = 0;
+  #lastDecrease = -Infinity;
   #timer: NodeJS.Timeout | null = null;
   #refillTimer: NodeJS.Timeout | null = null;
   #logger: Logger | undefined;
@@ -186,13 +187,17 @@ export class QuotaLimiter implements RequestLimiter {
   /** Records throttled responses; the rate drops at the next adjustment. */
   recordThrottled(count: number): void {
     this.#throttledThisSecond += count;
+    // Cut at once on the first throttle after a quiet period, rather than at
+    // the next adjustment, so fewer requests go out at the old rate.
+    if (performance.now() - this.#lastDecrease >= adjustIntervalMs) this.#adjust();
   }
 
   #adjust(): void {
     const previous = this.#factor;
     if (this.#throttledThisSecond > 0) {
       this.#factor = Math.max(minRateFactor, this.#factor * decreaseFactor);
-    } else {
+      this.#lastDecrease = performance.now();
+    } else if (performance.now() - this.#lastDecrease >= adjustIntervalMs) {
       this.#factor = Math.min(1, this.#factor + increaseStep);
     }
     if (this.#factor !== previous && this.#throttledThisSecond > 0) {
