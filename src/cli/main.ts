@@ -9,6 +9,7 @@ import { createLogger, type Logger } from '../log.js';
 import { rotate, RotateUsageError, ScopeBusyError, type RotateSummary } from '../rotate/engine.js';
 import { seedVault } from '../seed.js';
 import { AuditTrail } from '../audit/trail.js';
+import { loadTableConfig, TableConfigError } from '../db/table-config.js';
 import { auditDetails } from '../lifecycle/emergency.js';
 import { quarantineCommands } from './quarantine-commands.js';
 import { commandRotateJob, fleetCommands } from './fleet-commands.js';
@@ -73,6 +74,8 @@ rotate options:
   --batch-size N       rows per worker task (default 50)
   --max-in-flight N    KMS requests in flight; size to quota x round-trip seconds
   --drain-timeout S    seconds to finish in-flight work after SIGTERM/SIGINT (default 30)
+  --table-config FILE  JSON mapping of an application's vault table: {"name", "key", "matter",
+                       "token", "wrappedKey", "kekId", "rotatedAt"}; the key column must be bigint
   --json               print the summary as one JSON object on stdout
 
 kms-emulator options:
@@ -148,6 +151,7 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
       'batch-size': { type: 'string' },
       'max-in-flight': { type: 'string' },
       'drain-timeout': { type: 'string' },
+      'table-config': { type: 'string' },
       json: { type: 'boolean' },
     },
   });
@@ -179,6 +183,7 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
   process.on('SIGINT', onSignal);
 
   const databaseUrl = databaseUrlFrom(values['database-url']);
+  const table = values['table-config'] === undefined ? undefined : await loadTableConfig(values['table-config']);
   // Rotation start and finish go into the audit trail, MACed by the KMS.
   const auditPool = new pg.Pool({ connectionString: databaseUrl, max: 1, application_name: 'rewrap-audit' });
   auditPool.on('error', (error) => logger.warn({ event: 'audit.pool.error', err: error }, 'idle audit connection failed'));
@@ -186,6 +191,7 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
   const trail = new AuditTrail({ pool: auditPool, kms: auditKms, logger });
   const summary = await rotate({
     databaseUrl,
+    table,
     audit: async (event) => {
       await trail.append(event.type, auditDetails(event));
     },
@@ -275,7 +281,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await command(rest, logger);
   } catch (error) {
-    if (error instanceof UsageError || error instanceof RotateUsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
+    if (error instanceof UsageError || error instanceof RotateUsageError || error instanceof TableConfigError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
       console.error(`rewrap ${name}: ${(error as Error).message}`);
       return exitCodes.usage;
     }

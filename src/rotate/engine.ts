@@ -155,6 +155,20 @@ function backoffMs(attempt: number): number {
   return Math.random() * Math.min(10_000, 100 * 2 ** attempt);
 }
 
+/** Checks that the vault table and its mapped columns exist, so that a wrong mapping fails before any work. */
+async function checkVaultTable(pool: pg.Pool, t: ReturnType<typeof quoteVaultTable>, name: string): Promise<void> {
+  const rotatedAt = t.rotatedAt === null ? '' : `, ${t.rotatedAt}`;
+  try {
+    await pool.query(`SELECT ${t.key}, ${t.matter}, ${t.token}, ${t.wrappedKey}, ${t.kekId}${rotatedAt} FROM ${t.table} LIMIT 0`);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (code === '42P01' || code === '42703' || code === '3F000') {
+      throw new RotateUsageError(`vault table ${name} does not match its mapping: ${(error as Error).message}; check the table name and column names`);
+    }
+    throw error;
+  }
+}
+
 async function resolveTargetKey(kms: KMSClient, target: string): Promise<string> {
   let metadata;
   try {
@@ -214,6 +228,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
   let fatal: Error | null = null;
 
   try {
+    await checkVaultTable(pool, quoted, table.name);
     const target = await resolveTargetKey(kms, options.target);
     if (options.scopeLock !== false) lock = await acquireScopeLock(options.databaseUrl, table.name, options.matters);
 
