@@ -75,8 +75,11 @@ describe('application writes during a rotation', () => {
     const app = new pg.Client({ connectionString: db.url });
     await app.connect();
     let running = true;
+    // Like a real application, it wraps new DEKs under the old KEK until it
+    // learns of the rotation (here after one second), then under the target.
+    const appStarted = Date.now();
     const writeDek = async (id: string, matter: string, token: string, insert: boolean) => {
-      const kek = seeded.keks.get(matter)!;
+      const kek = Date.now() - appStarted < 1_000 ? seeded.keks.get(matter)! : target;
       const output = await kms.client.send(new GenerateDataKeyCommand({ KeyId: kek, KeySpec: 'AES_256', EncryptionContext: rowContext(matter, token) }));
       const blob = Buffer.from(output.CiphertextBlob!);
       if (insert) {

@@ -98,6 +98,43 @@ describe('table mapping', () => {
     expect(quarantined).toEqual([{ table_name: 'app.documents', row_key: '100', error_code: 'InvalidBlob' }]);
   });
 
+  it('quarantines rows the database rejects', async () => {
+    await db.client.query(`
+      CREATE TABLE app.guarded (doc_id bigint PRIMARY KEY, case_id text NOT NULL, doc_ref text NOT NULL, dek_wrapped bytea NOT NULL, kek_arn text)`);
+    const source = (await kms.client.send(new CreateKeyCommand({ Description: 'guarded source' }))).KeyMetadata!.Arn!;
+    const target = (await kms.client.send(new CreateKeyCommand({ Description: 'guarded target' }))).KeyMetadata!.Arn!;
+    const response = await fetch(new URL('/_emulator/wrap-batch', kms.emulator.url), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ KeyId: source, Items: Array.from({ length: 40 }, (_, i) => ({ Plaintext: randomBytes(32).toString('base64'), EncryptionContext: rowContext('case', `ref-${i}`) })) }),
+    });
+    const blobs = ((await response.json()) as { CiphertextBlobs: string[] }).CiphertextBlobs;
+    for (const [i, blob] of blobs.entries()) {
+      await db.client.query('INSERT INTO app.guarded VALUES ($1, $2, $3, $4, $5)', [i + 1, 'case', `ref-${i}`, Buffer.from(blob, 'base64'), source]);
+    }
+    // The application forbids moving row 7 off its key; row 8 has no KEK id at all.
+    await db.client.query(`ALTER TABLE app.guarded ADD CONSTRAINT pinned CHECK (doc_id <> 7 OR kek_arn = '${source}')`);
+    await db.client.query('UPDATE app.guarded SET kek_arn = NULL WHERE doc_id = 8');
+
+    const path = await writeMapping(JSON.stringify({ ...mapping, name: 'app.guarded' }));
+    const result = await runCli(['rotate', '--all', '--to', target, '--table-config', path, '--kms-endpoint', kms.emulator.url, '--database-url', db.url, '--json']);
+
+    expect(result.code).toBe(3);
+    const summary = JSON.parse(result.stdout.trim()) as { rewrapped: number; failed: number };
+    expect(summary.rewrapped).toBe(38);
+    expect(summary.failed).toBe(2);
+    const { rows } = await db.client.query<{ row_key: string; error_code: string }>(
+      `SELECT row_key, error_code FROM rewrap.quarantine WHERE table_name = 'app.guarded' ORDER BY row_key::bigint`,
+    );
+    expect(rows).toEqual([
+      { row_key: '7', error_code: 'DatabaseError:23514' },
+      { row_key: '8', error_code: 'InvalidRow' },
+    ]);
+    const { rows: pinned } = await db.client.query<{ kek_arn: string }>('SELECT kek_arn FROM app.guarded WHERE doc_id = 7');
+    expect(pinned[0]!.kek_arn).toBe(source);
+    expect(result.stderr).not.toContain('Failing row contains');
+  });
+
   it('exits 2 when a mapped column is missing', async () => {
     const path = await writeMapping(JSON.stringify({ ...mapping, token: 'no_such_column' }));
     const result = await runCli(['rotate', '--all', '--to', 'alias/unused', '--table-config', path, '--kms-endpoint', kms.emulator.url, '--database-url', db.url]);

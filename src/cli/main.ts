@@ -187,7 +187,8 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
   // Rotation start and finish go into the audit trail, MACed by the KMS.
   const auditPool = new pg.Pool({ connectionString: databaseUrl, max: 1, application_name: 'rewrap-audit' });
   auditPool.on('error', (error) => logger.warn({ event: 'audit.pool.error', err: error }, 'idle audit connection failed'));
-  const auditKms = createKmsClient({ endpoint: values['kms-endpoint'], region: values['kms-region'], maxSockets: 2 });
+  // The audit's GenerateMac calls share the KMS quota with the rotation, so the SDK retries them when throttled.
+  const auditKms = createKmsClient({ endpoint: values['kms-endpoint'], region: values['kms-region'], maxSockets: 2, maxAttempts: 6 });
   const trail = new AuditTrail({ pool: auditPool, kms: auditKms, logger });
   const summary = await rotate({
     databaseUrl,

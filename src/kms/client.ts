@@ -13,6 +13,12 @@ export interface KmsConnectionOptions {
   maxSockets?: number | undefined;
   /** Per-request timeout in milliseconds. */
   requestTimeoutMs?: number | undefined;
+  /**
+   * Attempts per call, SDK retries included. The default of 1 leaves every
+   * retry to rewrap's limiter; clients outside the rotation path, such as
+   * the audit trail's, let the SDK retry throttling and 5xx answers.
+   */
+  maxAttempts?: number | undefined;
 }
 
 export interface KmsClientOptions extends KmsConnectionOptions {
@@ -38,8 +44,9 @@ export function kmsRegion(region?: string): string {
 /**
  * Creates a KMS client whose keep-alive agent allows `maxSockets` sockets,
  * so that the calls in flight neither queue behind the SDK's default of 50
- * nor open sockets without bound. The SDK retries nothing (`maxAttempts: 1`):
- * every retry goes back through rewrap's limiter, which owns the quota.
+ * nor open sockets without bound. By default the SDK retries nothing
+ * (`maxAttempts: 1`), so that every retry of the rotation goes back through
+ * rewrap's limiter, which owns the quota.
  *
  * Credentials come from the SDK's default chain. Against an emulator on
  * loopback with no `AWS_ACCESS_KEY_ID` set, fixed dummy credentials are used.
@@ -49,7 +56,7 @@ export function createKmsClient(options: KmsClientOptions = {}): KMSClient {
   const agentOptions = { keepAlive: true, maxSockets, maxFreeSockets: maxSockets };
   const config: KMSClientConfig = {
     region: kmsRegion(options.region),
-    maxAttempts: 1,
+    maxAttempts: options.maxAttempts ?? 1,
     requestHandler:
       options.requestHandler ??
       new NodeHttpHandler({
@@ -85,7 +92,14 @@ const permanentRowNames = new Set([
 const keyStateNames = new Set(['DisabledException', 'KMSInvalidStateException']);
 
 /** Error names that stop the job: retrying or quarantining would not help. */
-const fatalNames = new Set(['AccessDeniedException', 'UnrecognizedClientException', 'InvalidSignatureException']);
+const fatalNames = new Set([
+  'AccessDeniedException',
+  'UnrecognizedClientException',
+  'InvalidSignatureException',
+  'CredentialsProviderError',
+  'ExpiredTokenException',
+  'IncompleteSignatureException',
+]);
 
 export type KmsErrorClass = 'throttled' | 'transient' | 'permanent' | 'key-state' | 'fatal';
 

@@ -32,7 +32,9 @@ export interface LifecycleContextOptions {
 export async function openLifecycleContext(options: LifecycleContextOptions): Promise<LifecycleContext> {
   const pool = new pg.Pool({ connectionString: options.databaseUrl, max: 4 });
   pool.on('error', (error) => options.logger.warn({ event: 'db.pool.error', err: error }, 'idle database connection failed'));
-  const kms = createKmsClient({ endpoint: options.kmsEndpoint, region: options.kmsRegion });
+  // Lifecycle calls (audit MACs, verify samples, key management) share the
+  // quota with rotations, so the SDK retries them when throttled.
+  const kms = createKmsClient({ endpoint: options.kmsEndpoint, region: options.kmsRegion, maxAttempts: 4 });
   try {
     const client = await pool.connect();
     try {

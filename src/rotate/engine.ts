@@ -16,6 +16,12 @@ import { FlushQueue } from './flush-queue.js';
 import { Writer } from './writer.js';
 import { acquireScopeLock, ScopeBusyError, type ScopeLock } from './scope-lock.js';
 
+/** Smallest quota the limiter keeps exactly: below it a single batch and one refill tick already exceed the quota. */
+const minQuota = 5;
+
+/** Limits set on every session of the job's pool, in milliseconds. */
+const sessionTimeouts = { lockMs: 30_000, statementMs: 120_000, idleInTransactionMs: 120_000 };
+
 /** AWS KMS rejects ciphertext blobs larger than this many bytes. */
 export const maxBlobBytes = 6144;
 
@@ -208,12 +214,25 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
   const workers = Math.max(1, options.workers ?? defaultWorkers(options.quota));
   const scopeKey = scopeKeyOf(table.name, options.matters, options.startKey, options.endKey);
 
+  if (Number.isFinite(options.quota) && !(options.quota >= minQuota)) {
+    throw new RotateUsageError(`invalid KMS quota ${options.quota}: the limiter needs at least ${minQuota} requests per second`);
+  }
   if (options.matters !== null && options.matters.length === 0) {
     throw new RotateUsageError('no matter given: pass --matter ID (repeatable) or --all');
   }
 
   const kms = createKmsClient({ endpoint: options.kmsEndpoint, region: options.kmsRegion, maxSockets: 8 });
-  const pool = new pg.Pool({ connectionString: options.databaseUrl, max: 4, application_name: 'rewrap' });
+  const pool = new pg.Pool({
+    connectionString: options.databaseUrl,
+    max: 4,
+    application_name: 'rewrap',
+    keepAlive: true,
+    connectionTimeoutMillis: 15_000,
+    // A row lock held by an idle application transaction, or a stalled
+    // server, fails the statement instead of holding the job forever; the
+    // reader and the writer retry it on a new connection.
+    options: `-c lock_timeout=${sessionTimeouts.lockMs} -c statement_timeout=${sessionTimeouts.statementMs} -c idle_in_transaction_session_timeout=${sessionTimeouts.idleInTransactionMs}`,
+  });
   pool.on('error', (error) => logger.warn({ event: 'db.pool.error', err: error }, 'idle database connection failed'));
 
   let lock: ScopeLock | null = null;
@@ -251,10 +270,15 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     const inserted = await pool.query<{ id: string }>(
       `INSERT INTO rewrap.jobs (kind, table_name, scope, scope_key, target_kek, status, host, pid, checkpoint)
        VALUES ('rotate', $1, $2, $3, $4, 'running', $5, $6, $7) RETURNING id::text`,
-      [table.name, JSON.stringify({ matters: options.matters }), scopeKey, target, hostname(), process.pid, last?.checkpoint ?? null],
+      [table.name, JSON.stringify({ matters: options.matters }), scopeKey, target, hostname(), process.pid, resumeKey === null ? null : last?.checkpoint ?? null],
     );
     jobId = inserted.rows[0]!.id;
-    await options.audit?.({ type: 'rotate.start', jobId, table: table.name, matters: options.matters, target });
+    try {
+      await options.audit?.({ type: 'rotate.start', jobId, table: table.name, matters: options.matters, target });
+    } catch (error) {
+      await pool.query(`UPDATE rewrap.jobs SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1`, [jobId, 'audit record of the start failed']);
+      throw error;
+    }
 
     const batchSize = options.batchSize ?? 50;
     // The limiter counts KMS requests; a row costs two of them in decrypt-encrypt mode.
@@ -357,8 +381,10 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     };
     const onAbort = () => stop('signal');
     options.signal?.addEventListener('abort', onAbort, { once: true });
+    // A signal that arrived during startup fired before the listener existed.
+    if (options.signal?.aborted === true) stop('signal');
 
-    const sourceKeyStates = new Map<string, { usable: boolean; state: string; at: number }>();
+    const sourceKeyStates = new Map<string, { usable: boolean; definite: boolean; state: string; at: number }>();
     const sourceKeyState = async (kek: string) => {
       const cached = sourceKeyStates.get(kek);
       if (cached !== undefined && Date.now() - cached.at < 10_000) return cached;
@@ -368,7 +394,9 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       } catch (error) {
         state = (error as Error).name === 'NotFoundException' ? 'NotFound' : 'Unknown';
       }
-      const entry = { usable: state === 'Enabled', state, at: Date.now() };
+      // Only a definite state says the source key is the cause; an unknown one stops the job instead.
+      const definite = state === 'Disabled' || state === 'PendingDeletion' || state === 'NotFound' || state === 'Enabled';
+      const entry = { usable: state === 'Enabled', definite, state, at: Date.now() };
       sourceKeyStates.set(kek, entry);
       return entry;
     };
@@ -417,7 +445,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
           const errorName = result.errors[i] ?? null;
           if (blob !== null && blob !== undefined && errorName === null) {
             await flushQueue.addRewrapped(
-              { key: item.row.key, oldKek: item.row.kek, newKek: result.keyId ?? target, oldBlob: item.row.blob!, newBlob: blob },
+              { key: item.row.key, matter: item.row.matter, oldKek: item.row.kek, newKek: result.keyId ?? target, oldBlob: item.row.blob!, newBlob: blob },
               item.chunk,
             );
             continue;
@@ -433,7 +461,9 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
             await flushQueue.addQuarantined(quarantineRecord(item.row, name), item.chunk);
           } else if (kind === 'key-state') {
             const source = await sourceKeyState(item.row.kek);
-            if (!source.usable) {
+            if (!source.definite) {
+              stop('kms unavailable', new Error(`KMS returned ${name} and the state of source key ${item.row.kek} could not be read; rerun the same command to resume`));
+            } else if (!source.usable) {
               await flushQueue.addQuarantined(quarantineRecord(item.row, name, `source key is ${source.state}`), item.chunk);
             } else {
               stop('target key unusable', new Error(`KMS returned ${name} although source key ${item.row.kek} is enabled; check that target key ${target} is enabled and usable`));
@@ -492,9 +522,11 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     }, options.progressIntervalMs ?? 5_000);
     progressTimer.unref();
 
+    const running = new Set<Promise<void>>();
+    // Set once a pass over the whole scope found nothing left to rewrap.
+    let sweptClean = false;
     try {
       const semaphore = new Semaphore(batchesInFlight);
-      const running = new Set<Promise<void>>();
       const maxPasses = options.maxPasses ?? 4;
       for (let pass = 1; pass <= maxPasses && stopReason === null; pass++) {
         let passScanned = 0;
@@ -521,8 +553,8 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
           const chunk = tracker.open(rows[rows.length - 1]!.key, rows.length);
           const valid: PendingRow[] = [];
           for (const row of rows) {
-            const problem = blobProblem(row.blob);
-            if (problem !== null) await flushQueue.addQuarantined(quarantineRecord(row, 'InvalidBlob', problem), chunk);
+            const problem = rowProblem(row);
+            if (problem !== null) await flushQueue.addQuarantined(quarantineRecord(row, problem.code, problem.message), chunk);
             else valid.push({ row, chunk, attempts: 0 });
           }
           let offset = 0;
@@ -545,12 +577,18 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
         await Promise.all(running);
         await flushQueue.drain();
         logger.info({ event: 'kek.rotate.pass', jobId, pass, scanned: passScanned }, 'pass finished');
-        if (passScanned === 0) break;
+        // A pass that started after a checkpoint covered only part of the
+        // scope, so only an empty pass over the whole scope ends the sweep.
+        if (passScanned === 0 && (pass > 1 || resumeKey === null)) {
+          sweptClean = true;
+          break;
+        }
       }
-      await Promise.all(running);
     } catch (error) {
       stop('error', error as Error);
     } finally {
+      // Batches still running after an error finish before anything is torn down.
+      await Promise.allSettled(running);
       clearInterval(progressTimer);
       options.signal?.removeEventListener('abort', onAbort);
     }
@@ -564,15 +602,28 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
     }
     counters.failed = flushQueue.quarantinedCount;
 
+    // The quarantine count covers this job's scope: its matters and, for a fleet partition, its key range.
+    const openParams: unknown[] = [table.name, options.matters, options.startKey ?? null, options.endKey ?? null];
     const open = await pool.query<{ count: string }>(
       `SELECT count(*)::text AS count FROM rewrap.quarantine
-       WHERE table_name = $1 AND resolved_at IS NULL ${options.matters === null ? '' : 'AND matter_id = ANY($2::text[])'}`,
-      options.matters === null ? [table.name] : [table.name, options.matters],
+       WHERE table_name = $1 AND resolved_at IS NULL
+         AND ($2::text[] IS NULL OR matter_id = ANY($2::text[]))
+         AND ($3::bigint IS NULL OR row_key::bigint >= $3::bigint)
+         AND ($4::bigint IS NULL OR row_key::bigint <= $4::bigint)`,
+      openParams,
     );
     const quarantined = Number(open.rows[0]?.count ?? 0);
 
+    if (stopReason === null && !sweptClean) {
+      // Every pass still found rows: something keeps writing DEKs under an old KEK.
+      stop(
+        'rows keep appearing',
+        new Error(`rows kept appearing on other KEKs during ${options.maxPasses ?? 4} passes; check that the application wraps new DEKs under ${target}, then rerun`),
+      );
+    }
+
     let status: JobStatus;
-    if (fatal !== null) status = stopReason === 'kms unavailable' ? 'interrupted' : 'failed';
+    if (fatal !== null) status = stopReason === 'kms unavailable' || stopReason === 'rows keep appearing' ? 'interrupted' : 'failed';
     else if (stopReason === 'signal') status = 'interrupted';
     else if (quarantined > 0) status = 'partial';
     else status = 'done';
@@ -662,6 +713,19 @@ function defaultWorkers(quota: number): number {
 function defaultPageSize(quota: number): number {
   if (!Number.isFinite(quota)) return 10_000;
   return Math.max(1_000, Math.min(20_000, Math.round(quota * 2)));
+}
+
+/**
+ * Returns why a row cannot be rewrapped, or null when it can. A mapped table
+ * may allow NULL in the KEK, matter or token column; such a row has no
+ * context to unwrap under and could never match the writer's guard.
+ */
+export function rowProblem(row: SourceRow): { code: 'InvalidRow' | 'InvalidBlob'; message: string } | null {
+  if (row.kek === null) return { code: 'InvalidRow', message: 'KEK id is NULL' };
+  if (row.matter === null) return { code: 'InvalidRow', message: 'matter id is NULL' };
+  if (row.token === null) return { code: 'InvalidRow', message: 'token is NULL' };
+  const blob = blobProblem(row.blob);
+  return blob === null ? null : { code: 'InvalidBlob', message: blob };
 }
 
 /** Returns why a blob cannot be sent to the KMS, or null when it can. */

@@ -76,7 +76,7 @@ export class FlushQueue {
     this.#running = this.#options.writer
       .flush(input)
       .then((result) => {
-        this.#quarantinedCount += quarantined.length;
+        this.#quarantinedCount += quarantined.length + result.rejected;
         this.#options.onFlushed(result, chunks);
       })
       .catch((error: unknown) => {
@@ -87,14 +87,20 @@ export class FlushQueue {
       });
   }
 
-  /** Flushes everything buffered and waits for it; throws if any flush failed for good. */
+  /**
+   * Flushes everything buffered and waits for it; throws if any flush failed
+   * for good. No flush starts after it returns or throws.
+   */
   async drain(): Promise<void> {
-    for (;;) {
-      if (this.#running !== null) await this.#running;
-      if (this.#failure !== null) throw this.#failure;
-      if (this.#size() === 0) break;
-      this.#start();
+    try {
+      for (;;) {
+        if (this.#running !== null) await this.#running;
+        if (this.#failure !== null) throw this.#failure;
+        if (this.#size() === 0) break;
+        this.#start();
+      }
+    } finally {
+      clearInterval(this.#timer);
     }
-    clearInterval(this.#timer);
   }
 }

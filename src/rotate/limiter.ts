@@ -32,7 +32,7 @@ const refillTickMs = 5;
 /** Refill step of a bucket kept in a shared datastore. */
 const sharedRefillIntervalMs = 25;
 /** Share of the quota kept unused, for requests that arrive late at the KMS and land in the next second. */
-const safetyMargin = 0.005;
+const safetyMargin = 0.01;
 /**
  * The same for a bucket shared by several processes. Each process adds its
  * own event-loop delay between grant and send, so grants near the end of a

@@ -6,6 +6,7 @@ import { type QuotedVaultTable } from '../db/table.js';
 /** One vault row as read for rewrapping. `key` is the bigint key as a decimal string, exact past 2^53. */
 export interface SourceRow {
   key: string;
+  /** NULL only in a mapped table that allows it; such rows are quarantined. */
   matter: string;
   token: string;
   blob: Buffer | null;

@@ -9,6 +9,8 @@ import type { Logger } from '../log.js';
 /** A row rewrapped by the KMS, waiting to be written back. */
 export interface RewrappedRow {
   key: string;
+  /** Matter of the row, recorded if the database rejects the write. */
+  matter?: string | null;
   oldKek: string;
   newKek: string;
   oldBlob: Uint8Array;
@@ -37,6 +39,8 @@ export interface FlushResult {
   updated: number;
   /** Keys of rows that changed underneath the job and were left as they are. */
   conflicts: string[];
+  /** Rewrapped rows the database rejected (a constraint or trigger) and that were quarantined instead. */
+  rejected: number;
 }
 
 export interface WriterOptions {
@@ -52,6 +56,16 @@ export interface WriterOptions {
 }
 
 const stagingTable = 'rewrap_staging';
+
+/**
+ * Tells whether a database error is about the rows' data (SQLSTATE class 22,
+ * data exception, or 23, integrity constraint violation), which no retry of
+ * the same rows can fix.
+ */
+function isRowDataError(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'));
+}
 
 function compareKeys(a: string, b: string): number {
   const x = BigInt(a);
@@ -158,6 +172,12 @@ export class Writer {
       try {
         return await this.#flushOnce(input);
       } catch (error) {
+        if (isRowDataError(error)) {
+          // Retrying the same rows fails the same way: find the rows at fault.
+          this.#client?.release(error as Error);
+          this.#client = null;
+          return await this.#isolateRejectedRows(input, error as Error);
+        }
         // Discard the client: after a failed COPY or a lost backend it is not safe to reuse.
         this.#client?.release(error as Error);
         this.#client = null;
@@ -170,6 +190,40 @@ export class Writer {
         await sleep(delay);
       }
     }
+  }
+
+  /**
+   * Splits a flush that the database rejects for its data (a CHECK
+   * constraint, a trigger, a value out of range) into halves until the
+   * rejected rows stand alone, and quarantines those with their SQLSTATE.
+   */
+  async #isolateRejectedRows(input: FlushInput, error: Error): Promise<FlushResult> {
+    const code = (error as { code?: string }).code ?? 'unknown';
+    if (input.rewrapped.length <= 1) {
+      const row = input.rewrapped[0];
+      if (row === undefined) throw error;
+      this.#options.logger?.warn(
+        { event: 'writer.row-rejected', jobId: this.#options.jobId, rowKey: row.key, sqlstate: code },
+        'database rejected a rewrapped row; quarantining it',
+      );
+      const quarantined: QuarantinedRow = {
+        key: row.key,
+        matter: row.matter ?? null,
+        sourceKek: row.oldKek,
+        errorCode: `DatabaseError:${code}`,
+        errorMessage: `the database rejected the rewrapped row with SQLSTATE ${code}; check constraints and triggers on the vault table`,
+      };
+      const result = await this.#flushWithRetries({ ...input, rewrapped: [], quarantined: [...input.quarantined, quarantined] });
+      return { ...result, rejected: result.rejected + 1 };
+    }
+    const middle = input.rewrapped.length >> 1;
+    const first = await this.#flushWithRetries({ ...input, rewrapped: input.rewrapped.slice(0, middle) });
+    const second = await this.#flushWithRetries({ rewrapped: input.rewrapped.slice(middle), quarantined: [], scanned: 0, checkpoint: input.checkpoint });
+    return {
+      updated: first.updated + second.updated,
+      conflicts: [...first.conflicts, ...second.conflicts],
+      rejected: first.rejected + second.rejected,
+    };
   }
 
   async #flushOnce(input: FlushInput): Promise<FlushResult> {
@@ -203,7 +257,7 @@ export class Writer {
       await client.query('ROLLBACK').catch(() => undefined);
       throw error;
     }
-    return { updated, conflicts };
+    return { updated, conflicts, rejected: 0 };
   }
 
   async #copyToStaging(client: pg.PoolClient, rows: RewrappedRow[]): Promise<void> {

@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
+import { serializeError } from '../../src/log.js';
 
 export interface CapturedLogger {
   logger: Logger;
@@ -18,7 +19,7 @@ export function captureLogger(level = 'debug'): CapturedLogger {
       callback();
     },
   });
-  const logger = pino({ level }, sink);
+  const logger = pino({ level, serializers: { err: serializeError } }, sink);
   return {
     logger,
     text: () => chunks.join(''),
