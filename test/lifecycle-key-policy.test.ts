@@ -8,7 +8,7 @@ import {
   KMSClient,
   PutKeyPolicyCommand,
 } from '@aws-sdk/client-kms';
-import { denyStatementSid, KeyPolicyAccess } from '../src/lifecycle/access.js';
+import { denyStatementSid, KeyPolicyAccess, RotationPrincipalPolicyAccess } from '../src/lifecycle/access.js';
 import { startTestKms, type TestKms } from './helpers/kms.js';
 
 const rotationArn = 'arn:aws:iam::111122223333:user/AKIDTESTADMIN';
@@ -89,5 +89,14 @@ describe('key policy access', () => {
   it('rejects another policy name', async () => {
     const request = new GetKeyPolicyCommand({ KeyId: keyArn, PolicyName: 'other' });
     expect(await errorName(kms.client.send(request))).toBe('NotFoundException');
+  });
+
+  it('pins the stated rotation principal', async () => {
+    const pinned = (await kms.client.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+    const pinnedBlob = (await kms.client.send(new EncryptCommand({ KeyId: pinned, Plaintext: Buffer.alloc(32, 4) }))).CiphertextBlob!;
+    // The principals passed in are ignored: only the stated ARN stays allowed.
+    await new RotationPrincipalPolicyAccess(new KeyPolicyAccess(kms.client), rotationArn).restrictTo(pinned, ['AKIDAPPLICATION']);
+    expect(await errorName(application.send(new DecryptCommand({ CiphertextBlob: pinnedBlob })))).toBe('AccessDeniedException');
+    expect(await errorName(kms.client.send(new DecryptCommand({ CiphertextBlob: pinnedBlob })))).toBe('resolved');
   });
 });

@@ -2,7 +2,7 @@ import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { defaultVaultTable, type VaultTable } from '../db/table.js';
-import { AwsKeyAccess, EmulatorKeyAccess } from '../lifecycle/access.js';
+import { AwsKeyAccess, EmulatorKeyAccess, KeyPolicyAccess, RotationPrincipalPolicyAccess } from '../lifecycle/access.js';
 import { openLifecycleContext, resolveKeyArn, type LifecycleContext } from '../lifecycle/context.js';
 import { emergencySteps, runEmergency, type EmergencyStep } from '../lifecycle/emergency.js';
 import { CloudTrailEventSource, createCloudTrailClient } from '../lifecycle/cloudtrail.js';
@@ -216,8 +216,13 @@ async function commandEmergency(argv: string[], logger: Logger): Promise<number>
       sample: { type: 'string' },
       workers: { type: 'string' },
       'stop-after': { type: 'string' },
+      'rotation-principal-arn': { type: 'string' },
     },
   });
+  const principalArn = values['rotation-principal-arn'];
+  if (principalArn !== undefined && !/^arn:aws[a-z-]*:(iam|sts)::\d{12}:.+/.test(principalArn)) {
+    throw new UsageError(`invalid --rotation-principal-arn "${principalArn}": expected an IAM ARN such as arn:aws:iam::123456789012:role/rewrap`);
+  }
   const compromised = requireString(values.compromised, '--compromised', 'name the compromised KEK by key id, ARN or alias');
   const since = parseTime(values.since, '--since', 'give the earliest time the key may have leaked, for example --since 2026-01-31T00:00:00Z');
   const stopAfter = values['stop-after'];
@@ -229,7 +234,13 @@ async function commandEmergency(argv: string[], logger: Logger): Promise<number>
     runEmergency(context, {
       compromised,
       since,
-      access: endpoint === undefined ? new AwsKeyAccess() : new EmulatorKeyAccess(endpoint),
+      // With a stated rotation principal the key policy is changed, on AWS and on the emulator alike.
+      access:
+        principalArn !== undefined
+          ? new RotationPrincipalPolicyAccess(new KeyPolicyAccess(context.kms), principalArn)
+          : endpoint === undefined
+            ? new AwsKeyAccess()
+            : new EmulatorKeyAccess(endpoint),
       events,
       quota: parsePositive(values['kms-quota'], '--kms-quota', 10_000, true),
       pendingDays: pendingDaysFrom(values['pending-days']),

@@ -50,7 +50,7 @@ Commands:
                              disable OLD and schedule its deletion in D days (7-30, default 30)
   shred --matter M [--pending-days D]
                              schedule deletion of the matter's KEK and mark the matter shredded
-  emergency --compromised KEY --since TIME [--kms-quota RPS] [--stop-after STEP]
+  emergency --compromised KEY --since TIME [--rotation-principal-arn ARN] [--kms-quota RPS] [--stop-after STEP]
                              revoke, replace, rewrap, verify, retire KEY and report its exposure;
                              a rerun resumes at the step that did not finish
   exposure --kek KEY --since TIME [--until TIME] [--format json|markdown]

@@ -26,16 +26,17 @@ export class EmulatorKeyAccess implements KeyAccessControl {
 }
 
 /**
- * NOTE: `emergency` against AWS KMS still fails at its first step.
- * `KeyPolicyAccess` below writes the Deny statement, but `emergency` does not
- * use it yet because it needs the rotation principal's IAM ARN (STS
- * GetCallerIdentity, with an assumed-role session ARN mapped to its role ARN).
- * Grants to application principals (ListGrants, RevokeGrant) are not revoked.
+ * Stands in for the key-policy path when no rotation principal ARN is known.
+ * NOTE: grants to application principals (ListGrants, RevokeGrant) are not
+ * revoked by either path, so a grant still lets its grantee use the key.
  */
 export class AwsKeyAccess implements KeyAccessControl {
   restrictTo(keyArn: string): Promise<void> {
     return Promise.reject(
-      new Error(`revoking application access to ${keyArn} is implemented for the rewrap KMS emulator only; deny every principal except the rotation role in the key policy by hand`),
+      new Error(
+        `revoking application access to ${keyArn} on AWS KMS needs the IAM ARN the rotation runs as; ` +
+          'pass --rotation-principal-arn arn:aws:iam::ACCOUNT:role/NAME',
+      ),
     );
   }
 }
@@ -72,5 +73,22 @@ export class KeyPolicyAccess implements KeyAccessControl {
     };
     const policy = JSON.stringify({ ...document, Statement: [...otherStatements, deny] });
     await this.kms.send(new PutKeyPolicyCommand({ KeyId: keyArn, PolicyName: 'default', Policy: policy }));
+  }
+}
+
+/**
+ * Restricts a key through its key policy to one stated principal ARN, the
+ * role the rotation runs as, whatever principals the caller names. Used when
+ * the operator states that ARN, since an assumed-role session's own ARN is
+ * not what `aws:PrincipalArn` matches.
+ */
+export class RotationPrincipalPolicyAccess implements KeyAccessControl {
+  constructor(
+    private readonly policy: KeyPolicyAccess,
+    private readonly principalArn: string,
+  ) {}
+
+  restrictTo(keyArn: string, _principals: string[] = []): Promise<void> {
+    return this.policy.restrictTo(keyArn, [this.principalArn]);
   }
 }
