@@ -53,6 +53,9 @@ describe('rewrap CLI', () => {
     const unknownKey = await runCli(['rotate', '--all', '--to', 'alias/missing', '--kms-endpoint', kms.emulator.url, '--database-url', db.url]);
     expect(unknownKey.code).toBe(2);
     expect(unknownKey.stderr).toContain('alias/missing');
+    const badPrincipal = await runCli(['emergency', '--compromised', 'alias/x', '--since', '2026-01-01T00:00:00Z', '--rotation-principal-arn', 'rewrap-role', '--database-url', db.url]);
+    expect(badPrincipal.code).toBe(2);
+    expect(badPrincipal.stderr).toContain('"rewrap-role"');
   });
 
   it('prints one JSON summary and exits 0', async () => {
