@@ -13,7 +13,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 import { CreateKeyCommand, DecryptCommand, EncryptCommand, ReEncryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import pg from 'pg';
-import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { databaseFromEnvironment } from '../src/db/embedded.js';
 import { initSchema } from '../src/db/schema.js';
 import { rowContext } from '../src/envelope.js';
 import { createKmsClient } from '../src/kms/client.js';
@@ -145,12 +145,8 @@ async function promisePool(databaseUrl: string, kms: KMSClient, client: pg.Clien
 }
 
 async function main(): Promise<void> {
-  let embedded: EmbeddedDatabase | undefined;
-  let databaseUrl = process.env.DATABASE_URL;
-  if (databaseUrl === undefined || databaseUrl === '') {
-    embedded = await startEmbeddedPostgres();
-    databaseUrl = embedded.url;
-  }
+  const database = await databaseFromEnvironment();
+  const databaseUrl = database.url;
   const emulator = await spawnEmulator(emulatorQuota, latencyMs);
   const kms = createKmsClient({ endpoint: emulator.url, maxSockets: 64 });
   const client = new pg.Client({ connectionString: databaseUrl });
@@ -262,7 +258,7 @@ async function main(): Promise<void> {
     await client.end();
     kms.destroy();
     await emulator.stop();
-    await embedded?.stop();
+    await database.close();
   }
 }
 

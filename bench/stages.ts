@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { Bench } from 'tinybench';
 import { CreateKeyCommand } from '@aws-sdk/client-kms';
-import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { databaseFromEnvironment } from '../src/db/embedded.js';
 import { initSchema } from '../src/db/schema.js';
 import { defaultVaultTable, quoteVaultTable } from '../src/db/table.js';
 import { rowContext } from '../src/envelope.js';
@@ -31,12 +31,8 @@ const batchRows = 50;
 const flushRows = 5_000;
 
 async function main(): Promise<void> {
-  let embedded: EmbeddedDatabase | undefined;
-  let databaseUrl = process.env.DATABASE_URL;
-  if (databaseUrl === undefined || databaseUrl === '') {
-    embedded = await startEmbeddedPostgres();
-    databaseUrl = embedded.url;
-  }
+  const database = await databaseFromEnvironment();
+  const databaseUrl = database.url;
   const emulator = await startEmulatorInThread({ quota: 0 });
   const kms = createKmsClient({ endpoint: emulator.url });
   const client = new pg.Client({ connectionString: databaseUrl });
@@ -117,7 +113,7 @@ async function main(): Promise<void> {
     await client.end();
     kms.destroy();
     await emulator.close();
-    await embedded?.stop();
+    await database.close();
   }
 }
 

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import pg from 'pg';
-import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.js';
+import { databaseFromEnvironment } from '../src/db/embedded.js';
 import { initSchema } from '../src/db/schema.js';
 import { decryptEnvelope, rowContext } from '../src/envelope.js';
 import { createKmsClient } from '../src/kms/client.js';
@@ -24,13 +24,9 @@ const sampleSize = 200;
 
 async function main(): Promise<boolean> {
   const logger = createLogger('rewrap-demo', process.env.REWRAP_LOG_LEVEL ?? 'warn');
-  let embedded: EmbeddedDatabase | undefined;
-  let databaseUrl = process.env.DATABASE_URL;
-  if (databaseUrl === undefined || databaseUrl === '') {
-    console.log('starting embedded PostgreSQL ...');
-    embedded = await startEmbeddedPostgres(logger);
-    databaseUrl = embedded.url;
-  }
+  if (process.env.DATABASE_URL === undefined || process.env.DATABASE_URL === '') console.log('starting embedded PostgreSQL ...');
+  const database = await databaseFromEnvironment(logger);
+  const databaseUrl = database.url;
   // The emulator gets a thread of its own, so that it does not compete with the engine's main thread.
   const emulator = await startEmulatorInThread({ quota });
   const kms = createKmsClient({ endpoint: emulator.url });
@@ -100,7 +96,7 @@ async function main(): Promise<boolean> {
     await client.end();
     kms.destroy();
     await emulator.close();
-    await embedded?.stop();
+    await database.close();
   }
 }
 

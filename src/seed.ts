@@ -49,7 +49,7 @@ function emulatorWrapper(emulatorUrl: string): WrapMany {
       }),
     });
     if (!response.ok) {
-      throw new Error(`emulator seeding endpoint answered HTTP ${response.status} for key ${kekArn}; is ${emulatorUrl} a rewrap KMS emulator?`);
+      throw new Error(`emulator seeding endpoint returned HTTP ${response.status} for key ${kekArn}; is ${emulatorUrl} a rewrap KMS emulator?`);
     }
     const body = (await response.json()) as { CiphertextBlobs: string[] };
     return body.CiphertextBlobs.map((blob) => Buffer.from(blob, 'base64'));

@@ -180,7 +180,7 @@ describe('quota', () => {
     const stats = kms.emulator.stats();
     expect(summary.status).toBe('done');
     expect(stats.maxPerSecond).toBeLessThanOrEqual(quota);
-    // Grants stay under the quota in every second; a request delayed past a
+    // Grants stay under the quota in every second. A request delayed past a
     // second boundary on a loaded host may still be throttled, at most 0.1%.
     expect(stats.throttled).toBeLessThanOrEqual(Math.floor(summary.kmsRequests * 0.001));
     expect(await countOn(target)).toBe(2_400);

@@ -1,3 +1,5 @@
+import type { ParseArgsConfig } from 'node:util';
+
 /** A bad command line. The CLI prints the message and exits with status 2. */
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -36,3 +38,10 @@ export function databaseUrlFrom(value: unknown): string {
   }
   return url;
 }
+
+/** Options every command that reaches the database and the KMS takes. */
+export const connectionOptions = {
+  'database-url': { type: 'string' },
+  'kms-endpoint': { type: 'string' },
+  'kms-region': { type: 'string' },
+} as const satisfies ParseArgsConfig['options'];

@@ -14,7 +14,7 @@ import { KeyInUseError, retireKey } from '../lifecycle/retire.js';
 import { shredMatter } from '../lifecycle/shred.js';
 import { verifyRotation } from '../lifecycle/verify.js';
 import type { Logger } from '../log.js';
-import { databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
+import { connectionOptions, databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
 
 type Command = (argv: string[], logger: Logger) => Promise<number>;
 
@@ -23,9 +23,7 @@ const failed = 1;
 
 /** Options every lifecycle command takes. */
 const commonOptions = {
-  'database-url': { type: 'string' },
-  'kms-endpoint': { type: 'string' },
-  'kms-region': { type: 'string' },
+  ...connectionOptions,
   table: { type: 'string', multiple: true },
   json: { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];

@@ -14,7 +14,7 @@ import { auditDetails } from '../lifecycle/emergency.js';
 import { quarantineCommands } from './quarantine-commands.js';
 import { commandRotateJob, fleetCommands } from './fleet-commands.js';
 import { lifecycleCommands } from './lifecycle-commands.js';
-import { databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
+import { connectionOptions, databaseUrlFrom, parseInteger, parsePositive, requireString, UsageError } from './args.js';
 import { withClient } from './database.js';
 
 /** Exit statuses, stable for schedulers. */
@@ -95,9 +95,7 @@ async function commandSeed(argv: string[], logger: Logger): Promise<number> {
   const { values } = parseArgs({
     args: argv,
     options: {
-      'database-url': { type: 'string' },
-      'kms-endpoint': { type: 'string' },
-      'kms-region': { type: 'string' },
+      ...connectionOptions,
       matters: { type: 'string' },
       rows: { type: 'string' },
       json: { type: 'boolean' },
@@ -138,9 +136,7 @@ async function commandRotate(argv: string[], logger: Logger): Promise<number> {
   const { values } = parseArgs({
     args: argv,
     options: {
-      'database-url': { type: 'string' },
-      'kms-endpoint': { type: 'string' },
-      'kms-region': { type: 'string' },
+      ...connectionOptions,
       'kms-quota': { type: 'string' },
       matter: { type: 'string', multiple: true },
       all: { type: 'boolean' },

@@ -72,3 +72,23 @@ export async function startEmbeddedPostgres(logger?: Logger): Promise<EmbeddedDa
     },
   };
 }
+
+/** A database to work in: the one `DATABASE_URL` names, or an embedded one started for the process. */
+export interface DatabaseHandle {
+  url: string;
+  /** True when the database was started here and `close` stops it. */
+  embedded: boolean;
+  close(): Promise<void>;
+}
+
+/**
+ * Returns the database named by `DATABASE_URL`, or starts an embedded
+ * PostgreSQL when it is unset or empty. `close` stops only a database that
+ * was started here.
+ */
+export async function databaseFromEnvironment(logger?: Logger): Promise<DatabaseHandle> {
+  const url = process.env.DATABASE_URL;
+  if (url !== undefined && url !== '') return { url, embedded: false, close: async () => undefined };
+  const started = await startEmbeddedPostgres(logger);
+  return { url: started.url, embedded: true, close: () => started.stop() };
+}

@@ -1,7 +1,8 @@
 /**
- * Where the wrapped DEKs of one vault table live. The default matches the
- * table that `rewrap init` creates; an application maps its own table by
- * naming its columns. The key column must be a `bigint`.
+ * Location of one vault table's wrapped DEKs: the table and its column
+ * names. The default is the table that `rewrap init` creates, and an
+ * application maps its own by naming its columns. The key column must be a
+ * `bigint`.
  */
 export interface VaultTable {
   /** Table name, optionally schema-qualified (`public.vault`). */
@@ -42,16 +43,8 @@ export function quoteQualified(name: string): string {
   return parts.map(quoteIdentifier).join('.');
 }
 
-/** The table's columns, quoted and ready to splice into SQL. */
-export interface QuotedVaultTable {
-  table: string;
-  key: string;
-  matter: string;
-  token: string;
-  wrappedKey: string;
-  kekId: string;
-  rotatedAt: string | null;
-}
+/** The table's name (`table`) and columns, quoted and ready to splice into SQL. */
+export type QuotedVaultTable = Omit<VaultTable, 'name'> & { table: string };
 
 export function quoteVaultTable(table: VaultTable): QuotedVaultTable {
   return {

@@ -16,7 +16,7 @@ export interface KmsConnectionOptions {
   /**
    * Attempts per call, SDK retries included. The default of 1 leaves every
    * retry to rewrap's limiter; clients outside the rotation path, such as
-   * the audit trail's, let the SDK retry throttling and 5xx answers.
+   * the audit trail's, let the SDK retry throttling and 5xx responses.
    */
   maxAttempts?: number | undefined;
 }

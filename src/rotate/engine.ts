@@ -5,7 +5,7 @@ import pg from 'pg';
 import { Piscina } from 'piscina';
 import { classifyKmsError, createKmsClient } from '../kms/client.js';
 import type { KmsTransportName } from '../kms/transport/types.js';
-import { defaultVaultTable, quoteVaultTable, type VaultTable } from '../db/table.js';
+import { defaultVaultTable, quoteVaultTable, type QuotedVaultTable, type VaultTable } from '../db/table.js';
 import type { Logger } from '../log.js';
 import { QuotaLimiter, type RequestLimiter } from './limiter.js';
 import { CheckpointTracker } from './progress.js';
@@ -162,7 +162,7 @@ function backoffMs(attempt: number): number {
 }
 
 /** Checks that the vault table and its mapped columns exist, so that a wrong mapping fails before any work. */
-async function checkVaultTable(pool: pg.Pool, t: ReturnType<typeof quoteVaultTable>, name: string): Promise<void> {
+async function checkVaultTable(pool: pg.Pool, t: QuotedVaultTable, name: string): Promise<void> {
   const rotatedAt = t.rotatedAt === null ? '' : `, ${t.rotatedAt}`;
   try {
     await pool.query(`SELECT ${t.key}, ${t.matter}, ${t.token}, ${t.wrappedKey}, ${t.kekId}${rotatedAt} FROM ${t.table} LIMIT 0`);
@@ -394,7 +394,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
       } catch (error) {
         state = (error as Error).name === 'NotFoundException' ? 'NotFound' : 'Unknown';
       }
-      // Only a definite state says the source key is the cause; an unknown one stops the job instead.
+      // Only a definite state shows that the source key is the cause. An unknown one stops the job instead.
       const definite = state === 'Disabled' || state === 'PendingDeletion' || state === 'NotFound' || state === 'Enabled';
       const entry = { usable: state === 'Enabled', definite, state, at: Date.now() };
       sourceKeyStates.set(kek, entry);
@@ -677,7 +677,7 @@ export async function rotate(options: RotateOptions): Promise<RotateSummary> {
 }
 
 /**
- * Runs empty tasks until every worker thread has answered one, so that the
+ * Runs empty tasks until every worker thread has run one, so that the
  * pool starts real batches as soon as they are granted. Gives up after 60 s
  * and lets the job go on, slower to start.
  */

@@ -12,8 +12,8 @@ export interface QuotaLimiterOptions {
 }
 
 /**
- * What the rotation engine needs from a limiter. `QuotaLimiter` is the
- * process-local one; a fleet passes its own, shared by several hosts.
+ * Limiter interface of the rotation engine. `QuotaLimiter` is the
+ * process-local one, and a fleet passes its own, shared by several hosts.
  */
 export interface RequestLimiter {
   /** Current multiplier of the rate, from 0.05 to 1. */

@@ -123,7 +123,7 @@ export async function* readScope(options: SourceOptions): AsyncGenerator<SourceR
       } finally {
         client.off('error', onError);
         client.off('end', onEnd);
-        // Not awaited: on a dead connection the cursor's close never answers.
+        // Not awaited, because on a dead connection the cursor's close never completes.
         if (!stream.destroyed) stream.destroy();
       }
     } catch (error) {

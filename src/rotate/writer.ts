@@ -70,7 +70,9 @@ function isRowDataError(error: unknown): boolean {
 function compareKeys(a: string, b: string): number {
   const x = BigInt(a);
   const y = BigInt(b);
-  return x < y ? -1 : x > y ? 1 : 0;
+  if (x < y) return -1;
+  if (x > y) return 1;
+  return 0;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -10,7 +10,7 @@ export interface CapturedLogger {
   text(): string;
 }
 
-/** A pino logger that records its output in memory. */
+/** Creates a pino logger that records its output in memory. */
 export function captureLogger(level = 'debug'): CapturedLogger {
   const chunks: string[] = [];
   const sink = new Writable({
